@@ -1,0 +1,27 @@
+"""Feed-forward networks on (B, N, C) token sequences laid out on an H x W grid."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+
+class DWConvFFN(nn.Module):
+    """Inverted-bottleneck FFN with a residual depth-wise 3x3 conv on the hidden tokens.
+
+    ``fc1 -> h + DWConv3x3(h) -> GELU -> fc2``; this is PaCa-ViT's "MBlock" (paper Fig. 3), the
+    PVTv2-style FFN with a shortcut around the depth-wise conv.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        x = self.fc1(x)
+        spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
+        x = x + rearrange(self.dwconv(spatial), 'b c h w -> b (h w) c')
+        return self.fc2(self.act(x))
