@@ -145,7 +145,7 @@ else
     log "compiling mmcv ops with MAX_JOBS=${MAX_JOBS:-$(nproc)} (progress below)"
     (cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
       "$VPY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps -v -w "$WHEEL_DIR" . \
-      2>&1 | grep -E --line-buffered '^\[[0-9]+/[0-9]+\]|error|Error|Created wheel' >&2) ||
+      2>&1 | grep -E --line-buffered -o '\[[0-9]+/[0-9]+\] [^ ]+|error:.*|Created wheel.*' >&2) ||
       die "building mmcv failed (see the output above)"
     whl=$(ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
     try_wheel "$whl" || die "the freshly built $whl does not work"

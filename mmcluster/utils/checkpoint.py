@@ -21,13 +21,13 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 _np_core = getattr(np, '_core', None) or np.core
-_HISTORY_BUFFER_STATISTICS = frozenset(HistoryBuffer._statistics_methods)
+_HISTORY_BUFFER_STATISTICS = frozenset({'min', 'max', 'current', 'mean'})  # HistoryBuffer's defaults
 
 
 def _history_buffer_getattr(obj, name: str):
     """The only ``getattr`` a checkpoint may call: HistoryBuffer pickles its statistics methods as
-    ``getattr(HistoryBuffer, 'mean')`` etc."""
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
+    ``getattr(HistoryBuffer, 'mean')`` etc. (its defaults, or ones registered before loading)."""
+    if obj is HistoryBuffer and (name in _HISTORY_BUFFER_STATISTICS or name in HistoryBuffer._statistics_methods):
         return getattr(obj, name)
     raise pickle_error(f'checkpoint asks for getattr({obj!r}, {name!r}), which is not allowed')
 

@@ -1,1 +1,3 @@
-__all__ = []
+from .paca_head import PaCaHead
+
+__all__ = ['PaCaHead']

@@ -1,0 +1,61 @@
+"""Building an mmdet/mmseg model from a config and checkpoint, and preparing its inputs, for the tools."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import load_checkpoint
+from mmengine.utils import import_modules_from_strings
+
+
+def load_config(config: str | Config, cfg_options: Optional[dict] = None) -> Config:
+    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get('default_scope') not in ('mmdet', 'mmseg'):
+        raise ValueError(f"{config}: default_scope must be 'mmdet' or 'mmseg', got {cfg.get('default_scope')!r}")
+    init_default_scope(cfg.default_scope)
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    return cfg
+
+
+def build_model(cfg: Config, checkpoint: Optional[str] = None, device: str = 'cpu') -> nn.Module:
+    """The config's model in eval mode, with ``checkpoint`` loaded (no pretrained download of the backbone)."""
+    model_cfg = copy.deepcopy(cfg.model)
+    if checkpoint is not None and 'backbone' in model_cfg:
+        model_cfg.backbone.init_cfg = None
+    model = MODELS.build(model_cfg)
+    if checkpoint is not None:
+        checkpoint_data = load_checkpoint(model, checkpoint, map_location='cpu')
+        meta = checkpoint_data.get('meta', {}) if isinstance(checkpoint_data, dict) else {}
+        if 'dataset_meta' in meta:
+            model.dataset_meta = meta['dataset_meta']
+    else:
+        model.init_weights()
+    model = revert_sync_batchnorm(model).to(device).eval()
+    model.cfg = cfg
+    return model
+
+
+def test_pipeline(cfg: Config) -> Compose:
+    """The config's test pipeline without annotation loading (for images without labels)."""
+    steps = [step for step in cfg.test_dataloader.dataset.pipeline if 'LoadAnnotations' not in step['type']]
+    return Compose(steps)
+
+
+def prepare_image(model: nn.Module, image_path: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The normalised, padded network input (1, 3, H, W) for an image file, and the same image as RGB uint8."""
+    packed = test_pipeline(model.cfg)(dict(img_path=image_path, img_id=0))
+    batch = model.data_preprocessor(pseudo_collate([packed]), False)
+    inputs = batch['inputs']
+    preprocessor: Any = model.data_preprocessor
+    rgb = inputs[0] * preprocessor.std + preprocessor.mean
+    return inputs, rgb.permute(1, 2, 0).clamp(0, 255).byte().cpu().numpy()

@@ -1,0 +1,71 @@
+"""Launch helpers for tools/train.py and tools/test.py where the OpenMMLab stack breaks."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+AMP_DTYPES = ('float16', 'bfloat16')
+
+
+def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
+    """Make ``--launcher pytorch`` work on machines without GPUs.
+
+    mmengine 0.10.7's pytorch launcher calls ``torch.cuda.set_device`` and fails without a GPU. When
+    torchrun started us on such a machine this initialises a gloo process group first (mmengine then
+    skips its own initialisation), wraps the model in DDP without device ids, and replaces SyncBN (which
+    needs GPUs) with BN. Returns whether it did so.
+    """
+    if launcher != 'pytorch' or torch.cuda.is_available():
+        return False
+    missing = [k for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher pytorch needs torchrun (tools/dist_train.sh); environment lacks {missing}')
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                      world_size=int(os.environ['WORLD_SIZE']))
+    env_cfg = cfg.setdefault('env_cfg', {})
+    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
+    wrapper['device_ids'] = None
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = wrapper
+    replaced = replace_norm_type(cfg.model, 'SyncBN', 'BN')
+    if replaced:
+        print_log(f'CPU distributed run (gloo): replaced SyncBN by BN in {replaced} places', logger='current')
+    return True
+
+
+def replace_norm_type(node: Any, old: str, new: str) -> int:
+    """Replace ``type=old`` by ``type=new`` in every norm config dict inside ``node``; returns the count."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == old:
+            node['type'] = new
+            count += 1
+        for value in node.values():
+            count += replace_norm_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += replace_norm_type(value, old, new)
+    return count
+
+
+def enable_amp(cfg: Config, dtype: Optional[str] = None) -> None:
+    """Switch the config's optimizer wrapper to mmengine's AmpOptimWrapper (dynamic loss scale)."""
+    if dtype is not None and dtype not in AMP_DTYPES:
+        raise ValueError(f'--amp-dtype must be one of {AMP_DTYPES}, got {dtype!r}')
+    optim_wrapper = cfg.optim_wrapper
+    if optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+        return
+    if optim_wrapper.get('type', 'OptimWrapper') != 'OptimWrapper':
+        raise ValueError(f'--amp needs an OptimWrapper config, got {optim_wrapper.type}')
+    optim_wrapper.type = 'AmpOptimWrapper'
+    optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if dtype is not None:
+        optim_wrapper.dtype = dtype

@@ -1,0 +1,220 @@
+"""PaCa-ViT backbone: fidelity to the official model (spec §2), downstream interface, robustness."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from mmcluster.models.backbones.paca_vit import (PACA_TIMM_VARIANTS, PaCaViT, PaCaViTClassifier,
+                                                 PatchToClusterAttention)
+from mmcluster.utils.flops import count_macs
+
+# spec §2.1 (parameters with the 1000-class head) and §2.11 (MACs at 224x224, state-dict entries)
+OFFICIAL = {
+    'paca_tiny': (12_200_680, 3.219, 239),
+    'paca_small': (22_037_704, 5.501, 417),
+    'paca_base': (46_911_304, 9.537, 577),
+    'paca_small_mlp': (22_637_268, 5.864, 414),
+    'paca_tiny_teacher': (12_483_672, 3.424, 395),
+    'paca_small_teacher': (21_075_064, 5.482, 555),
+    'paca_base_teacher': (47_659_192, 9.771, 763),
+}
+SMALL_ABLATIONS = {  # PaCa-Small conv clustering: (clusters, assignment) -> (params, MACs G, entries)
+    ((2, 2, 2, 0), 'stage'): (21_978_120, 4.640, None),
+    ((49, 49, 49, 0), 'stage'): (22_006_696, 5.053, None),
+    ((49, 64, 81, 100), 'stage'): (22_227_560, 5.273, None),
+    ((100, 81, 64, 49), 'stage'): (22_210_696, 5.336, None),
+    ((100, 100, 100, 100), 'stage'): (22_245_448, 5.568, 428),
+    ((100, 100, 100, 100), 'block'): (24_191_944, 6.103, 503),
+}
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_timm_registry_has_every_variant():
+    assert set(timm.list_models('paca_*')) == set(OFFICIAL)
+    for name in OFFICIAL:
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.crop_pct == 0.9 and cfg.interpolation == 'bicubic'
+        assert cfg.mean == timm.data.IMAGENET_DEFAULT_MEAN and cfg.std == timm.data.IMAGENET_DEFAULT_STD
+        has_release = PACA_TIMM_VARIANTS[name][1] is not None
+        assert bool(cfg.url) == has_release
+        if has_release:
+            assert cfg.url.startswith('https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_')
+
+
+@pytest.mark.parametrize('name', list(OFFICIAL))
+def test_named_variant_matches_official(name):
+    params, macs, entries = OFFICIAL[name]
+    model = timm.create_model(name).eval()
+    assert num_params(model) == params
+    assert len(model.state_dict()) == entries
+    measured = count_macs(model, torch.randn(1, 3, 224, 224)) / 1e9
+    assert measured == pytest.approx(macs, rel=0.02)
+
+
+@pytest.mark.parametrize('clusters,assignment', list(SMALL_ABLATIONS))
+def test_small_ablation_matches_official(clusters, assignment):
+    params, macs, entries = SMALL_ABLATIONS[(clusters, assignment)]
+    model = PaCaViTClassifier('small', num_clusters=clusters, assignment=assignment).eval()
+    assert num_params(model) == params
+    if entries is not None:
+        assert len(model.state_dict()) == entries
+    assert count_macs(model, torch.randn(1, 3, 224, 224)) / 1e9 == pytest.approx(macs, rel=0.02)
+
+
+def test_drop_path_rates_follow_the_official_schedule():
+    assert timm.create_model('paca_base').stages[3].blocks[2].drop_path.drop_prob == pytest.approx(0.5)
+    model = timm.create_model('paca_tiny')
+    rates = [0.0 if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.drop_prob
+             for s in model.stages for b in s.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.1, 10).tolist())
+
+
+@pytest.mark.parametrize('height,width', [(224, 224), (333, 517), (64, 64), (97, 31)])
+def test_backbone_returns_four_maps_for_any_size(height, width):
+    model = PaCaViT('tiny').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, height, width))
+    assert len(outs) == 4
+    h, w = height, width
+    for i, (out, channels) in enumerate(zip(outs, (96, 192, 320, 384))):
+        steps = 2 if i == 0 else 1
+        for _ in range(steps):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        assert out.shape == (1, channels, h, w)
+        assert torch.isfinite(out).all()
+
+
+def test_teacher_backbone_any_size():
+    model = PaCaViT('tiny_teacher').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, 75, 129))
+    assert [tuple(o.shape[1:]) for o in outs] == [(96, 19, 33), (192, 10, 17), (320, 5, 9), (384, 3, 5)]
+
+
+def test_out_indices_select_stages():
+    model = PaCaViT('tiny', out_indices=(1, 3)).eval()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [192, 384]
+
+
+def test_frozen_stages_and_norm_eval():
+    model = PaCaViT('tiny_teacher', frozen_stages=1, norm_eval=True)
+    model.train()
+    for module in (model.patch_embed, model.stages[0], model.stages[1], model.teacher.stages[0],
+                   model.teacher.stages[1], model.teacher.downsamples[0]):
+        assert not module.training
+        assert all(not p.requires_grad for p in module.parameters())
+    assert model.stages[2].training and all(p.requires_grad for p in model.stages[2].parameters())
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(not bn.training for bn in bns)
+
+
+def test_stage_and_block_wise_clustering_modules():
+    stage_wise = PaCaViT('small')
+    assert [sum(b.attn.clustering is not None for b in s.blocks) for s in stage_wise.stages] == [1, 1, 1, 0]
+    block_wise = PaCaViT('small', num_clusters=(100,) * 4, assignment='block')
+    assert [sum(b.attn.clustering is not None for b in s.blocks) for s in block_wise.stages] == [3, 3, 10, 3]
+    teacher = PaCaViT('small_teacher')
+    assert all(b.attn.clustering is None for s in teacher.stages for b in s.blocks)
+    assert all(b.attn.cluster_norm is not None for s in teacher.stages for b in s.blocks)
+
+
+def test_mlp_clustering_shapes():
+    model = PaCaViT('small', clustering='mlp')
+    clustering = model.stages[0].blocks[0].attn.clustering
+    assert clustering.fc.weight.shape == (384, 96) and clustering.to_clusters.weight.shape == (100, 384)
+
+
+def test_attention_matches_the_paper_equations():
+    """Eqns. 1-2 written out without the fused kernel: Z = LN(softmax_N(logits) X), multi-head attention."""
+    torch.manual_seed(0)
+    from mmcluster.models.backbones.paca_vit import ConvClustering
+    dim, heads, clusters, hw = 32, 4, 5, (6, 7)
+    attn = PatchToClusterAttention(dim, heads, clusters, ConvClustering(dim, clusters)).eval()
+    x = torch.randn(2, hw[0] * hw[1], dim)
+    out, assignment = attn(x, hw)
+
+    logits = attn.clustering(x, hw)
+    c = torch.softmax(logits, dim=-1)  # (B, M, N): over tokens
+    assert torch.allclose(assignment, c, atol=1e-6)
+    assert torch.allclose(c.sum(-1), torch.ones(2, clusters))
+    z = F.layer_norm(c @ x, (dim,), attn.cluster_norm.weight, attn.cluster_norm.bias, eps=1e-6)
+    q, k, v = attn.q(x), attn.k(z), attn.v(z)
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, dim // heads).transpose(1, 2)  # noqa: E731
+    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(dim // heads), dim=-1)
+    expected = attn.proj((weights @ split(v)).transpose(1, 2).reshape(2, -1, dim))
+    assert torch.allclose(out, expected, atol=1e-5)
+
+    full = PatchToClusterAttention(dim, heads, 0).eval()
+    out, assignment = full(x, hw)
+    assert assignment is None
+    weights = torch.softmax(split(full.q(x)) @ split(full.k(x)).transpose(-1, -2) / math.sqrt(dim // heads), -1)
+    expected = full.proj((weights @ split(full.v(x))).transpose(1, 2).reshape(2, -1, dim))
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_stage_wise_blocks_share_one_assignment():
+    model = PaCaViT('tiny').eval()
+    seen = []
+    for block in model.stages[0].blocks:
+        block.attn.register_forward_hook(lambda m, i, o: seen.append(o[1]))
+    model(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 2 and seen[0] is seen[1]
+
+
+def test_cluster_logits_are_readable_per_layer():
+    model = PaCaViT('tiny').eval()
+    logits = model.cluster_logits(torch.randn(2, 3, 96, 64))
+    assert list(logits) == [f'stages.{i}.blocks.0.attn.clustering' for i in range(3)]
+    assert [tuple(v.shape) for v in logits.values()] == [(2, 100, 24, 16), (2, 100, 12, 8), (2, 100, 6, 4)]
+    teacher = PaCaViT('tiny_teacher').eval().cluster_logits(torch.randn(1, 3, 64, 64))
+    assert list(teacher) == [f'teacher.to_clusters.{i}' for i in range(4)]
+
+
+def test_bf16_autocast_keeps_assignment_in_fp32_and_finite():
+    model = PaCaViT('tiny_teacher').eval()
+    assignments = []
+    model.stages[1].blocks[0].attn.register_forward_hook(lambda m, i, o: assignments.append(o[1]))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.randn(1, 3, 128, 96))
+    assert all(torch.isfinite(o.float()).all() for o in outs)
+    assert assignments[0].dtype == torch.float32
+    assert torch.allclose(assignments[0].sum(-1), torch.ones(1, 100), atol=1e-5)
+
+
+def test_classifier_forward_and_reset():
+    model = timm.create_model('paca_tiny', num_classes=10).eval()
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, 10)
+    assert model.forward_head(model.forward_features(torch.randn(1, 3, 64, 64)), pre_logits=True).shape == (1, 384)
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 384)
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(arch='huge'), 'arch'),
+    (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2), num_heads=(2, 4, 7, 16))), 'num_heads'),
+    (dict(arch=dict(embed_dims=(96, 192, 320), depths=(2, 2, 4), num_heads=(2, 4, 8))), 'arch.embed_dims'),
+    (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4), num_heads=(2, 4, 8, 16))), 'arch.depths'),
+    (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2))), 'num_heads'),
+    (dict(num_clusters=(100, 100, 100)), 'num_clusters'),
+    (dict(num_clusters=(100, -1, 100, 0)), 'num_clusters'),
+    (dict(num_clusters=(100, 1.5, 100, 0)), 'num_clusters'),
+    (dict(clustering='kmeans'), 'clustering'),
+    (dict(clustering='teacher'), 'teacher_depths'),
+    (dict(arch='tiny_teacher', clustering='conv'), 'teacher_depths'),
+    (dict(assignment='layer'), 'assignment'),
+    (dict(out_indices=(0, 4)), 'out_indices'),
+    (dict(frozen_stages=4), 'frozen_stages'),
+    (dict(drop_path_rate=1.0), 'drop_path_rate'),
+    (dict(init_cfg=dict(type='Kaiming')), None),
+])
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError) as error:
+        PaCaViT(**kwargs).init_weights()
+    if name is not None:
+        assert name in str(error.value)
