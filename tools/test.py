@@ -9,6 +9,7 @@ also works on machines without GPUs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import os.path as osp
 import sys
@@ -66,7 +67,7 @@ def main(argv=None) -> None:
     setup_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
-    print({k: round(float(v), 4) for k, v in metrics.items()})
+    print('metrics:', json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
 
 
 if __name__ == '__main__':
