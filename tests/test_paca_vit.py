@@ -89,6 +89,22 @@ def test_backbone_returns_four_maps_for_any_size(height, width):
         assert torch.isfinite(out).all()
 
 
+def test_outputs_are_contiguous_nchw_for_roi_align():
+    """mmcv's compiled RoIAlign ignores strides: channels-last features (which convs produce from a
+    channels-last-strided input) give wrong RoI features. The backbone must hand out NCHW-contiguous maps."""
+    import torchvision
+    from mmcv.ops import RoIAlign
+
+    outs = PaCaViT('tiny_teacher').eval()(torch.randn(2, 3, 96, 64))
+    assert all(o.is_contiguous() for o in outs)
+    lateral = torch.nn.Conv2d(96, 16, 1)
+    p2 = lateral(outs[0])
+    rois = torch.tensor([[0., 4., 8., 40., 60.], [1., 10., 2., 60., 30.]])
+    ours = RoIAlign((7, 7), 0.25, 0, aligned=True)(p2, rois)
+    reference = torchvision.ops.roi_align(p2.contiguous(), rois, (7, 7), 0.25, 0, aligned=True)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
 def test_teacher_backbone_any_size():
     model = PaCaViT('tiny_teacher').eval()
     with torch.no_grad():

@@ -209,7 +209,9 @@ class PaCaStage(nn.Module):
             x, assignment = block(x, (height, width), assignment)
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')
-        return rearrange(self.norm(x), 'b (h w) c -> b c h w', h=height, w=width)
+        # Contiguous NCHW, not a channels-last view: convs propagate that memory format into the neck, and
+        # mmcv 2.1.0's compiled RoIAlign reads channels-last input as if it were NCHW (wrong features).
+        return rearrange(self.norm(x), 'b (h w) c -> b c h w', h=height, w=width).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------
