@@ -36,24 +36,27 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=4,
-    num_workers=1,
+    num_workers=0,  # on 2 cores a loader process only competes with training
+    persistent_workers=False,
     dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_train.json',
                  data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True, min_size=8),
                  pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=4,
-    num_workers=1,
+    num_workers=0,  # on 2 cores a loader process only competes with training
+    persistent_workers=False,
     dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_val.json',
                  data_prefix=dict(img='val/'), pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 12
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+max_epochs = 5
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs + 1)  # evaluated by tools/test.py afterwards
 optim_wrapper = dict(optimizer=dict(lr=4e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[4], gamma=0.1),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
+randomness = dict(seed=0)  # a reproducible demo

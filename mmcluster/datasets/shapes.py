@@ -26,7 +26,10 @@ from PIL import Image, ImageDraw
 INSTANCE_CLASSES = ('circle', 'square', 'triangle')
 SEMANTIC_CLASSES = ('background',) + INSTANCE_CLASSES
 PALETTE = [(0, 0, 0), (220, 20, 60), (0, 128, 255), (255, 200, 0)]
-FORMAT_VERSION = 1  # bump when the generated data changes
+FORMAT_VERSION = 2  # bump when the generated data changes
+# circumradius factor per class, so the classes cover similar areas (circle pi r^2, square 2 r^2,
+# triangle 1.3 r^2 for the same r)
+SIZE_FACTOR = {'circle': 1.0, 'square': 1.15, 'triangle': 1.35}
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def _render(spec: ShapesSpec, rng: np.random.RandomState):
     for _ in range(rng.randint(spec.min_objects, spec.max_objects + 1)):
         for _attempt in range(20):
             cls = INSTANCE_CLASSES[rng.randint(len(INSTANCE_CLASSES))]
-            radius = rng.uniform(0.10, 0.22) * size
+            radius = rng.uniform(0.10, 0.20) * size * SIZE_FACTOR[cls]
             cx, cy = rng.uniform(radius, size - radius, size=2)
             polygon = _polygon(cls, cx, cy, radius, rng.uniform(0, 2 * math.pi))
             canvas = Image.new('L', (size, size), 0)
