@@ -192,15 +192,41 @@ def test_cluster_logits_are_readable_per_layer():
     assert list(teacher) == [f'teacher.to_clusters.{i}' for i in range(4)]
 
 
-def test_bf16_autocast_keeps_assignment_in_fp32_and_finite():
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_autocast_keeps_assignment_in_fp32_and_finite(dtype):
     model = PaCaViT('tiny_teacher').eval()
     assignments = []
     model.stages[1].blocks[0].attn.register_forward_hook(lambda m, i, o: assignments.append(o[1]))
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        outs = model(torch.randn(1, 3, 128, 96))
+    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+        outs = model(torch.randn(1, 3, 128, 96) * 3)
+    assert outs[0].dtype == dtype
     assert all(torch.isfinite(o.float()).all() for o in outs)
     assert assignments[0].dtype == torch.float32
     assert torch.allclose(assignments[0].sum(-1), torch.ones(1, 100), atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_autocast_training_step_of_a_segmentor_is_finite(dtype):
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    init_default_scope('mmseg')
+    model = MODELS.build(dict(
+        type='EncoderDecoder', backbone=dict(type='PaCaViT', arch='tiny', num_clusters=(200, 200, 200, 0)),
+        decode_head=dict(type='PaCaHead', in_channels=[96, 192, 320, 384], in_index=[0, 1, 2, 3], channels=64,
+                         num_classes=5, norm_cfg=dict(type='BN')))).train()
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(96, 96), pad_shape=(96, 96)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 5, (1, 96, 96)))
+        samples.append(sample)
+    with torch.autocast('cpu', dtype=dtype):
+        losses = model.loss(torch.randn(2, 3, 96, 96) * 3, samples)
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_classifier_forward_and_reset():
@@ -234,3 +260,22 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         PaCaViT(**kwargs).init_weights()
     if name is not None:
         assert name in str(error.value)
+
+
+def test_building_twice_does_not_mutate_the_variant_table():
+    """The official model functions popped keys from shared dicts: a second teacher build raised KeyError."""
+    import copy
+
+    from mmcluster.models.backbones.paca_vit import PACA_ARCHS
+    before = copy.deepcopy(PACA_ARCHS), copy.deepcopy(PACA_TIMM_VARIANTS)
+    for _ in range(2):
+        timm.create_model('paca_tiny_teacher', drop_path_rate=0.2)
+        PaCaViT('tiny_teacher')
+    assert (PACA_ARCHS, PACA_TIMM_VARIANTS) == before
+
+
+def test_timm_kwargs_are_honoured():
+    """The official timm functions dropped every kwarg but num_classes (--drop-path was ignored)."""
+    model = timm.create_model('paca_tiny', drop_path_rate=0.3, num_classes=7)
+    assert model.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
+    assert model.head.out_features == 7
