@@ -21,7 +21,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmcluster  # noqa: E402,F401  (registers models, makes checkpoint loading safe)
-from mmcluster.utils.launch import AMP_DTYPES, enable_amp, setup_cpu_distributed  # noqa: E402
+from mmcluster.utils.launch import AMP_DTYPES, enable_amp, load_run_config, setup_cpu_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,14 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_run_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if args.amp:
         enable_amp(cfg, args.amp_dtype)
     if args.auto_scale_lr:

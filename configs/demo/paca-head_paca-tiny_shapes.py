@@ -27,20 +27,19 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+shapes_dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.jpg',
+                      seg_map_suffix='.png', reduce_zero_label=True)
 train_dataloader = dict(
     batch_size=8,  # not fewer: the key/value BatchNorms of the head normalise over batch x 4 cluster tokens
     num_workers=0,  # on 2 cores a loader process only competes with training
     persistent_workers=False,
-    dataset=dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.jpg',
-                 seg_map_suffix='.png', reduce_zero_label=True,
-                 data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+    dataset=dict(shapes_dataset, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
                  pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=4,
-    num_workers=0,  # on 2 cores a loader process only competes with training
+    num_workers=0,
     persistent_workers=False,
-    dataset=dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.jpg',
-                 seg_map_suffix='.png', reduce_zero_label=True,
+    dataset=dict(shapes_dataset,
                  data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader

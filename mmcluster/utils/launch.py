@@ -12,6 +12,20 @@ from mmengine.logging import print_log
 AMP_DTYPES = ('float16', 'bfloat16')
 
 
+def load_run_config(config: str, cfg_options: Optional[dict], launcher: str, work_dir: Optional[str]) -> Config:
+    """The config of a tools/train.py or tools/test.py run: ``--cfg-options`` merged, the launcher recorded,
+    and the work dir set (default ``./work_dirs/<config name>``)."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = os.path.join('./work_dirs', os.path.splitext(os.path.basename(config))[0])
+    return cfg
+
+
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     """Make ``--launcher pytorch`` work on machines without GPUs.
 
