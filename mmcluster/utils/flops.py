@@ -11,10 +11,11 @@ registered here with torch's own SDPA formula.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
@@ -23,19 +24,87 @@ def _cpu_flash_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=N
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _torchprofile_conv_flop(x_shape, w_shape, bias, stride, padding, dilation, transposed, *args,
+                            out_shape=None, **kwargs) -> int:
+    """torchprofile counts every convolution as prod(output shape) x prod(weight shape[1:]). For a normal
+    conv that is its MACs; a transposed conv's weight is (C_in, C_out / groups, k, k), so a stride-s
+    transposed conv is counted s^2 times its MACs (e.g. the Mask R-CNN mask head's upsampling)."""
+    if not transposed:
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+    return 2 * math.prod(out_shape) * math.prod(w_shape[1:])
+
+
 EXTRA_FLOP_FORMULAS: dict[Any, Any] = {}
 if hasattr(aten, '_scaled_dot_product_flash_attention_for_cpu'):
     EXTRA_FLOP_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_sdpa_flop
+CONVENTIONS = ('macs', 'torchprofile')
 
 
-def flop_counter(display: bool = False, depth: int = 2) -> FlopCounterMode:
-    """A FlopCounterMode that also counts the fused CPU attention kernel."""
-    return FlopCounterMode(display=display, depth=depth, custom_mapping=EXTRA_FLOP_FORMULAS)
+def flop_counter(display: bool = False, depth: int = 2, convention: str = 'macs') -> FlopCounterMode:
+    """A FlopCounterMode that also counts the fused CPU attention kernel.
+
+    ``convention='torchprofile'`` counts transposed convolutions as torchprofile does (see
+    :func:`_torchprofile_conv_flop`), which is how the PaCa-ViT paper's starred FLOPs were measured.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f'convention must be one of {CONVENTIONS}, got {convention!r}')
+    mapping = dict(EXTRA_FLOP_FORMULAS)
+    if convention == 'torchprofile':
+        mapping.update({aten.convolution: _torchprofile_conv_flop, aten._convolution: _torchprofile_conv_flop})
+    return FlopCounterMode(display=display, depth=depth, custom_mapping=mapping)
 
 
 @torch.no_grad()
-def count_macs(model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> int:
+def count_macs(model: torch.nn.Module, *inputs: Any, convention: str = 'macs', **kwargs: Any) -> int:
     """Multiply-accumulates of one forward pass of ``model(*inputs, **kwargs)``."""
-    with flop_counter() as counter:
+    with flop_counter(convention=convention) as counter:
         model(*inputs, **kwargs)
     return counter.get_total_flops() // 2
+
+
+def _dummy_input(height: int, width: int) -> torch.Tensor:
+    return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+
+
+def _measure(model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> dict:
+    """Params, MACs (both conventions) and the MACs of each top-level submodule of one forward pass."""
+    with torch.no_grad(), flop_counter(depth=2) as counter, flop_counter(convention='torchprofile') as paper:
+        model(*inputs, **kwargs)
+    root = type(model).__name__
+    by_module = {name[len(root) + 1:]: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items()
+                 if name.startswith(root + '.') and name.count('.') == 1}
+    total = counter.get_total_flops() // 2
+    if by_module and total > sum(by_module.values()):  # e.g. heads called through a method, not __call__
+        by_module['(rest)'] = total - sum(by_module.values())
+    return dict(params=sum(p.numel() for p in model.parameters()), macs=total,
+                macs_torchprofile=paper.get_total_flops() // 2, macs_by_module=by_module)
+
+
+def config_complexity(cfg, height: int, width: int) -> dict:
+    """Parameters and MACs of an mmdet/mmseg config's model on one (height, width) image, no dataset needed.
+
+    Counts what mmdet's and mmseg's ``get_flops`` run: the model's ``tensor`` mode. For a two-stage
+    detector that is backbone, neck, RPN, the box head on the test-time proposals and the mask head on
+    the first 100; for a segmentor, backbone and decode head (no auxiliary head). Returns ``params``,
+    ``macs``, ``macs_torchprofile`` (transposed convs counted as torchprofile does) and
+    ``macs_by_module``.
+    """
+    from mmengine.registry import MODELS
+
+    model_cfg = cfg.model.copy()
+    if 'backbone' in model_cfg:
+        model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
+    model = MODELS.build(model_cfg).eval()
+    data_samples = None
+    if cfg.get('default_scope') == 'mmdet':
+        from mmdet.structures import DetDataSample
+        shape = (height, width)
+        data_samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
+                                                    batch_input_shape=shape, scale_factor=(1.0, 1.0)))]
+    return _measure(model, _dummy_input(height, width), data_samples, mode='tensor')
+
+
+def timm_complexity(name: str, height: int, width: int, **kwargs: Any) -> dict:
+    """Parameters and MACs of a timm-registered model on one (height, width) image."""
+    import timm
+    return _measure(timm.create_model(name, **kwargs).eval(), _dummy_input(height, width))

@@ -624,12 +624,15 @@ class PaCaViTClassifier(PaCaViT):
     """
 
     def __init__(self, arch: Union[str, dict] = 'tiny', num_classes: int = 1000, in_chans: int = 3,
-                 **kwargs) -> None:
+                 drop_rate: float = 0.0, **kwargs) -> None:
         if 'out_indices' in kwargs:
             raise ValueError('out_indices is not an argument of the classifier; use PaCaViT for feature maps')
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}')
         super().__init__(arch, in_channels=in_chans, out_indices=(3,), **kwargs)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
+        self.head_drop = nn.Dropout(drop_rate)  # before the classifier; 0 in the paper's recipe
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(init_paca_weights)
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f'stages.{i}')
@@ -649,7 +652,7 @@ class PaCaViTClassifier(PaCaViT):
         return self.forward_stages(x)[-1]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
+        x = self.head_drop(x.mean(dim=(2, 3)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,3 @@
+_base_ = './mask-rcnn_paca-base_fpn_ms-crop-3x_coco.py'
+# Automatic mixed precision.
+optim_wrapper = dict(type='AmpOptimWrapper')

@@ -1,0 +1,3 @@
+_base_ = './mask-rcnn_paca-small_fpn_1x_coco.py'
+# Automatic mixed precision (the official runs trained with --amp).
+optim_wrapper = dict(type='AmpOptimWrapper')

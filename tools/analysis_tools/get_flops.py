@@ -1,0 +1,67 @@
+"""Parameters and operations of a detector, segmentor or timm classifier, without any dataset.
+
+    python tools/analysis_tools/get_flops.py configs/paca_vit/mask-rcnn_paca-tiny_fpn_1x_coco.py --shape 800 1280
+    python tools/analysis_tools/get_flops.py configs/paca_vit/paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py --shape 512 512
+    python tools/analysis_tools/get_flops.py paca_small --shape 224 224
+
+Counting convention (the PaCa-ViT paper's "FLOPs", and what torchprofile/fvcore report): multiply-
+accumulates (MACs) of convolutions and matrix products, including attention's QK^T and AV and the
+clustering product C^T X; element-wise ops, norms and softmax are not counted. We count with torch's
+FlopCounterMode (which sees fused ``scaled_dot_product_attention``; mmengine's counter does not) and
+print MACs, and FLOPs = 2 x MACs for reference. torchprofile, which the paper used for its starred
+detection and segmentation numbers, counts a transposed conv by its output positions (4x the MACs of the
+Mask R-CNN mask head's stride-2 upsampling); where that differs it is printed too. Detectors are measured in mmdet's ``tensor`` mode
+(backbone, neck, RPN, box head on the test-time proposals, mask head on 100 of them); segmentors in
+mmseg's (backbone and decode head; the auxiliary head is not used at inference).
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+import mmcluster  # noqa: E402,F401
+from mmcluster.apis import load_config  # noqa: E402
+from mmcluster.utils.flops import config_complexity, timm_complexity  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('model', help='a det/seg config file, or a timm model name (e.g. paca_small)')
+    parser.add_argument('--shape', type=int, nargs='+', default=None,
+                        help='input height and width (one number: square). Default: 800 1280 for detectors, '
+                             '512 512 for segmentors, 224 224 for classifiers')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(argv)
+    if args.shape is not None and len(args.shape) not in (1, 2):
+        parser.error('--shape takes H W or one size')
+
+    if args.model.endswith('.py'):
+        cfg = load_config(args.model, args.cfg_options)
+        default = (800, 1280) if cfg.default_scope == 'mmdet' else (512, 512)
+        height, width = (args.shape * 2)[:2] if args.shape else default
+        result = config_complexity(cfg, height, width)
+    else:
+        if args.cfg_options:
+            parser.error('--cfg-options applies to config files only')
+        height, width = (args.shape * 2)[:2] if args.shape else (224, 224)
+        result = timm_complexity(args.model, height, width)
+
+    print(f'model  : {args.model}')
+    print(f'input  : 3 x {height} x {width}')
+    print(f'params : {result["params"] / 1e6:.2f} M ({result["params"]:,})')
+    for name, macs in result['macs_by_module'].items():
+        print(f'  {name:14s} {macs / 1e9:8.2f} GMACs')
+    print(f'MACs   : {result["macs"] / 1e9:.2f} G   (FLOPs = 2 x MACs = {2 * result["macs"] / 1e9:.2f} G)')
+    if result['macs_torchprofile'] != result['macs']:
+        print(f'MACs as torchprofile counts them (transposed convs per output position; the paper\'s '
+              f'starred numbers): {result["macs_torchprofile"] / 1e9:.2f} G')
+    return result
+
+
+if __name__ == '__main__':
+    main()
