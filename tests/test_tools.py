@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,8 +37,8 @@ def test_test_tool_and_heatmaps(det_run, shapes_root, tmp_path):
                '--cfg-options', *shapes_options(shapes_root, 'det')])
     metrics = json.loads(re.search(r'^metrics: (.*)$', out, re.M).group(1))
     assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics)
-    out = run(['tools/analysis_tools/visualize_clusters.py', DET_DEMO, work_dir / 'epoch_1.pth',
-               shapes_root / 'coco/val/val_00000.jpg', '--out-dir', tmp_path / 'vis', '--num-clusters', '3'])
+    out = run(['tools/analysis_tools/visualize_clusters.py', DET_DEMO, shapes_root / 'coco/val/val_00000.jpg',
+               '--checkpoint', work_dir / 'epoch_1.pth', '--out-dir', tmp_path / 'vis', '--num-clusters', '3'])
     png = tmp_path / 'vis' / 'val_00000_clusters.png'
     assert png.is_file() and png.stat().st_size > 10_000
 
@@ -93,3 +94,35 @@ def test_pretrained_backbone_survives_runner_init_weights(shapes_root, repo_root
             assert value.shape[0] == 200
         else:
             assert torch.equal(value, expected[key]), key
+
+
+@pytest.fixture(scope='module')
+def seg_run(shapes_root, tmp_path_factory):
+    """PaCa head + PaCa-Tiny: two iterations."""
+    work_dir = tmp_path_factory.mktemp('seg')
+    run(['tools/train.py', SEG_DEMO, '--work-dir', work_dir, '--cfg-options', *shapes_options(shapes_root, 'seg'),
+         'train_dataloader.batch_size=2', 'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
+         'default_hooks.checkpoint.interval=2'])
+    return work_dir
+
+
+def test_image_demo_draws_detections_and_segmentations(det_run, seg_run, shapes_root, tmp_path):
+    from PIL import Image
+    image = shapes_root / 'coco/val/val_00001.jpg'
+    out = run(['demo/image_demo.py', image, DET_DEMO, det_run[0] / 'epoch_1.pth', '--out-file', tmp_path / 'det.jpg',
+               '--score-thr', '0.0'])
+    assert re.search(r'\d+ objects with score >= 0.0', out)
+    out = run(['demo/image_demo.py', image, SEG_DEMO, seg_run / 'iter_2.pth', '--out-file', tmp_path / 'seg.jpg'])
+    assert 'classes present:' in out
+    for name in ('det.jpg', 'seg.jpg'):
+        drawn = Image.open(tmp_path / name)
+        assert drawn.size == Image.open(image).size
+        assert (np.asarray(drawn, dtype=float) - np.asarray(Image.open(image), dtype=float)).std() > 1  # something drawn
+
+
+def test_segmentor_heatmaps_include_the_class_aligned_head_clusters(seg_run, shapes_root, tmp_path):
+    out = run(['tools/analysis_tools/visualize_clusters.py', SEG_DEMO, shapes_root / 'ade/images/validation/val_00000.jpg',
+               '--checkpoint', seg_run / 'iter_2.pth', '--out-dir', tmp_path, '--all-clusters'])
+    assert (tmp_path / 'val_00000_clusters.png').is_file()
+    assert (tmp_path / 'val_00000_decode_head-to_clusters_all.png').is_file()
+    assert (tmp_path / 'val_00000_stages-2-blocks-0-attn-clustering_all.png').is_file()

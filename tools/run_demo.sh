@@ -32,9 +32,9 @@ seg_ckpt=$(cat "$OUT/seg/last_checkpoint")
 
 step "6/6 cluster-assignment heatmaps ($OUT/clusters)"
 images=(data/shapes/coco/val/val_0000{0,1,2}.jpg)
-"$PY" tools/analysis_tools/visualize_clusters.py "$DET_CFG" "$det_ckpt" "${images[@]}" --out-dir "$OUT/clusters/det"
-"$PY" tools/analysis_tools/visualize_clusters.py "$SEG_CFG" "$seg_ckpt" "${images[@]/coco\/val/ade/images/validation}" \
-  --out-dir "$OUT/clusters/seg"
+"$PY" tools/analysis_tools/visualize_clusters.py "$DET_CFG" "${images[@]}" --checkpoint "$det_ckpt" --out-dir "$OUT/clusters/det"
+"$PY" tools/analysis_tools/visualize_clusters.py "$SEG_CFG" "${images[@]/coco\/val/ade/images/validation}" \
+  --checkpoint "$seg_ckpt" --out-dir "$OUT/clusters/seg"
 
 step "done in $(( $(date +%s) - start )) s"
 echo "detector  : $(grep '^metrics:' "$OUT/det_metrics.txt")"

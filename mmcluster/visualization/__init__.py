@@ -1,3 +1,5 @@
-from .clusters import heatmaps, mean_threshold_masks, most_selective, save_heatmap_grid, upsample_masks
+from .clusters import (heatmaps, masked_reclassification, mean_threshold_masks, most_selective, save_all_clusters,
+                       save_group_figure, save_heatmap_grid, upsample_masks)
 
-__all__ = ['heatmaps', 'mean_threshold_masks', 'most_selective', 'save_heatmap_grid', 'upsample_masks']
+__all__ = ['heatmaps', 'masked_reclassification', 'mean_threshold_masks', 'most_selective', 'save_all_clusters',
+           'save_group_figure', 'save_heatmap_grid', 'upsample_masks']

@@ -86,3 +86,95 @@ def save_heatmap_grid(image: np.ndarray, layer_logits: Mapping[str, torch.Tensor
     fig.savefig(out_file, dpi=100)
     plt.close(fig)
     return out_file
+
+
+@torch.no_grad()
+def masked_reclassification(classifier: torch.nn.Module, image: torch.Tensor, logits: torch.Tensor, label: int,
+                            normalize, batch_size: int = 50) -> dict:
+    """Sec. 3.3 for one clustering layer: mask the image with each cluster's mean-threshold mask (Eqns. 7, 8)
+    and classify every masked image again.
+
+    Args:
+        image: the unnormalised input (3, H, W) in [0, 1]; masked-out pixels become 0 (black).
+        logits: this layer's assignment logits (M, h, w) for the image.
+        label: the class whose probability ranks the clusters (the ground truth, or the prediction).
+        normalize: maps (B, 3, H, W) images in [0, 1] to the classifier's input.
+
+    Returns a dict of tensors over the M clusters: ``masks`` (M, H, W) bool, ``prob`` (probability of
+    ``label``), ``pred`` (predicted class), and ``positive`` (bool: the masked image is still classified as
+    ``label``; the paper's positive group).
+    """
+    masks = upsample_masks(mean_threshold_masks(heatmaps(logits)), tuple(image.shape[-2:]))
+    probs, preds = [], []
+    for start in range(0, masks.shape[0], batch_size):
+        chunk = masks[start:start + batch_size]
+        masked = image[None] * chunk[:, None].to(image.dtype)  # Eqn. 8
+        out = classifier(normalize(masked)).softmax(dim=-1)
+        probs.append(out[:, label])
+        preds.append(out.argmax(dim=-1))
+    prob, pred = torch.cat(probs), torch.cat(preds)
+    return dict(masks=masks, prob=prob, pred=pred, positive=pred == label)
+
+
+def save_group_figure(image: np.ndarray, layers: Mapping[str, tuple[torch.Tensor, dict]], out_file: str | Path,
+                      label_name: str, base_prob: float, top_k: int = 3, class_names: Optional[Sequence[str]] = None) -> Path:
+    """Fig. 6 of the paper: per clustering layer, the top-k clusters of the positive group and of the negative
+    group (ranked by the probability of the label), each as its heatmap and its masked image."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    cols = 1 + 2 * top_k
+    fig, axes = plt.subplots(2 * len(layers), cols, figsize=(1.9 * cols, 3.9 * len(layers)), squeeze=False)
+    for row, (name, (logits, result)) in enumerate(layers.items()):
+        maps = heatmaps(logits)
+        order = result['prob'].argsort(descending=True)
+        positive = [int(m) for m in order if result['positive'][m]][:top_k]
+        negative = [int(m) for m in order if not result['positive'][m]][:top_k]
+        top, bottom = axes[2 * row], axes[2 * row + 1]
+        top[0].imshow(image)
+        top[0].set_title(f'{name.replace(".attn.clustering", "")}\n{label_name[:24]}: p={base_prob:.2f}', fontsize=7)
+        bottom[0].text(0.0, 0.5, f'positive: {int(result["positive"].sum())}\nnegative: '
+                       f'{int((~result["positive"]).sum())}\nof {len(result["positive"])} clusters', fontsize=8)
+        slots = [(1 + i, '+', m) for i, m in enumerate(positive)] + [(1 + top_k + i, '-', m) for i, m in enumerate(negative)]
+        for col, group, m in slots:
+            top[col].imshow(overlay(image, maps[m].cpu().numpy()))
+            top[col].set_title(f'{group} cluster {m}', fontsize=7)
+            masked = image * result['masks'][m].cpu().numpy()[..., None]
+            bottom[col].imshow(masked.astype(np.uint8))
+            pred = int(result['pred'][m])
+            pred_name = class_names[pred] if class_names else str(pred)
+            bottom[col].set_title(f'p={float(result["prob"][m]):.2f} ({pred_name[:14]})', fontsize=7)
+        for axis in list(top) + list(bottom):
+            axis.axis('off')
+    fig.tight_layout()
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=100)
+    plt.close(fig)
+    return out_file
+
+
+def save_all_clusters(image: np.ndarray, logits: torch.Tensor, out_file: str | Path, columns: int = 10,
+                      title: Optional[str] = None) -> Path:
+    """Figs. 9 and 10 of the paper: every cluster's heatmap of one clustering layer, in a grid."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    maps = heatmaps(logits)
+    rows = -(-maps.shape[0] // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.4 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis('off')
+        if index < maps.shape[0]:
+            axis.imshow(overlay(image, maps[index].cpu().numpy()))
+            axis.set_title(str(index), fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=90)
+    plt.close(fig)
+    return out_file
