@@ -47,3 +47,14 @@ def test_bad_arguments():
         main(['paca-huge', '--device', 'cpu'])
     with pytest.raises(SystemExit):
         main(['paca-tiny', '--shapes', '12x', '--device', 'cpu'])
+
+
+def test_check_amp_tool_on_cpu():
+    spec = importlib.util.spec_from_file_location('check_amp', ROOT / 'tools/analysis_tools/check_amp.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(['paca-small-teacher', 'timm:paca_tiny',
+                           'configs/paca_vit/paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py',
+                           '--shapes', '64', '--steps', '3', '--device', 'cpu'])
+    assert len(results) == 3 * 2
+    assert all(r['ok'] and r['finite'] and r['applied'] >= 1 and r['assignment'] == 'float32' for r in results)

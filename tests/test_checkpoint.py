@@ -64,9 +64,11 @@ def test_converter_rejects_unknown_keys():
 
 
 def test_official_head_keys_convert():
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
-    head = MODELS.build(dict(type='PaCaHead', in_channels=[96, 192, 320, 384], in_index=[0, 1, 2, 3], channels=256,
-                             num_classes=150, norm_cfg=dict(type='BN')))
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        head = MODELS.build(dict(type='PaCaHead', in_channels=[96, 192, 320, 384], in_index=[0, 1, 2, 3], channels=256,
+                                 num_classes=150, norm_cfg=dict(type='BN')))
     shapes = official_head_shapes()
     converted = convert_official_head_state_dict(random_state_dict(shapes))
     own = {k: tuple(v.shape) for k, v in head.state_dict().items()}
