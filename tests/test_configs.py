@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from mmcluster.apis import load_config
@@ -53,7 +54,17 @@ def test_there_are_configs():
 def test_config_builds(path):
     cfg = load_config(str(path))
     assert cfg.custom_imports == dict(imports=['mmcluster'], allow_failed_imports=False)
-    params = sum(p.numel() for p in build(cfg).parameters()) / 1e6
+    model = build(cfg).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    # the backbone's output channels fit the neck / heads: run them on a small odd-sized image
+    with torch.no_grad():
+        feats = model.extract_feat(torch.rand(1, 3, 72, 88))
+        if cfg.default_scope == 'mmseg':
+            assert model.decode_head(feats).shape[:2] == (1, cfg.model.decode_head.num_classes)
+            if getattr(model, 'auxiliary_head', None) is not None:
+                assert model.auxiliary_head(feats).shape[:2] == (1, cfg.model.auxiliary_head.num_classes)
+        else:
+            assert [f.shape[1] for f in feats] == [cfg.model.neck.out_channels] * cfg.model.neck.num_outs
     if path.stem in OFFICIAL_CODE_PARAMS:
         assert params == pytest.approx(OFFICIAL_CODE_PARAMS[path.stem], abs=0.001)
         assert abs(params - PAPER[path.stem][0]) > 0.1  # the paper's value really is off
