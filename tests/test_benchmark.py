@@ -58,3 +58,8 @@ def test_check_amp_tool_on_cpu():
                            '--shapes', '64', '--steps', '3', '--device', 'cpu'])
     assert len(results) == 3 * 2
     assert all(r['ok'] and r['finite'] and r['applied'] >= 1 and r['assignment'] == 'float32' for r in results)
+
+    with pytest.raises(SystemExit):
+        module.main(['paca-tiny', '--steps', '0', '--device', 'cpu'])
+    with pytest.raises(SystemExit, match='only segmentor configs'):
+        module.main(['configs/paca_vit/mask-rcnn_paca-tiny_fpn_1x_coco.py', '--device', 'cpu'])

@@ -41,7 +41,8 @@ def build(spec: str):
         from mmcluster.apis import load_config
         cfg = load_config(spec)
         if cfg.default_scope != 'mmseg':
-            raise SystemExit(f'{spec}: only segmentor configs (detectors need mmcv CUDA ops for RoIAlign)')
+            raise SystemExit(f'{spec}: only segmentor configs are supported (a detector needs boxes and masks '
+                             f'for its loss); check its backbone by preset name instead, e.g. paca-tiny')
         cfg.model.backbone.init_cfg = None
         model = MODELS.build(cfg.model)
         classes = cfg.model.decode_head.num_classes
@@ -105,6 +106,10 @@ def main(argv=None) -> list:
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--batch-size', type=int, default=2)
     args = parser.parse_args(argv)
+    for name in ('shapes', 'steps', 'batch_size'):
+        values = getattr(args, name)
+        if min(values if isinstance(values, list) else [values]) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {values}')
     results = []
     for spec in args.models:
         for dtype in args.dtypes:
