@@ -45,6 +45,26 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55) -> np.n
     return (alpha * colored + (1 - alpha) * image).clip(0, 255).astype(np.uint8)
 
 
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (the figures are only written to files)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, out_file: str | Path, title: Optional[str] = None, dpi: int = 100) -> Path:
+    """Title, lay out, write (creating the folder) and close a figure."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=dpi)
+    _pyplot().close(fig)
+    return out_file
+
+
 def save_heatmap_grid(image: np.ndarray, layer_logits: Mapping[str, torch.Tensor], out_file: str | Path,
                       num_clusters: int = 6, title: Optional[str] = None,
                       cluster_names: Optional[Mapping[str, Sequence[str]]] = None) -> Path:
@@ -55,10 +75,7 @@ def save_heatmap_grid(image: np.ndarray, layer_logits: Mapping[str, torch.Tensor
         layer_logits: layer name -> assignment logits (M, h, w) for this image.
         cluster_names: optional names of a layer's clusters (e.g. class names for the PaCa head).
     """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = len(layer_logits)
     if rows == 0:
         raise ValueError('no clustering layer outputs to draw')
@@ -78,14 +95,7 @@ def save_heatmap_grid(image: np.ndarray, layer_logits: Mapping[str, torch.Tensor
                 axis.set_title(label, fontsize=7)
         for axis in axes[row]:
             axis.axis('off')
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_file, dpi=100)
-    plt.close(fig)
-    return out_file
+    return _save_figure(fig, out_file, title, dpi=100)
 
 
 @torch.no_grad()
@@ -120,10 +130,7 @@ def save_group_figure(image: np.ndarray, layers: Mapping[str, tuple[torch.Tensor
                       label_name: str, base_prob: float, top_k: int = 3, class_names: Optional[Sequence[str]] = None) -> Path:
     """Fig. 6 of the paper: per clustering layer, the top-k clusters of the positive group and of the negative
     group (ranked by the probability of the label), each as its heatmap and its masked image."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cols = 1 + 2 * top_k
     fig, axes = plt.subplots(2 * len(layers), cols, figsize=(1.9 * cols, 3.9 * len(layers)), squeeze=False)
     for row, (name, (logits, result)) in enumerate(layers.items()):
@@ -147,21 +154,13 @@ def save_group_figure(image: np.ndarray, layers: Mapping[str, tuple[torch.Tensor
             bottom[col].set_title(f'p={float(result["prob"][m]):.2f} ({pred_name[:14]})', fontsize=7)
         for axis in list(top) + list(bottom):
             axis.axis('off')
-    fig.tight_layout()
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_file, dpi=100)
-    plt.close(fig)
-    return out_file
+    return _save_figure(fig, out_file, dpi=100)
 
 
 def save_all_clusters(image: np.ndarray, logits: torch.Tensor, out_file: str | Path, columns: int = 10,
                       title: Optional[str] = None) -> Path:
     """Figs. 9 and 10 of the paper: every cluster's heatmap of one clustering layer, in a grid."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     maps = heatmaps(logits)
     rows = -(-maps.shape[0] // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.4 * rows), squeeze=False)
@@ -170,11 +169,4 @@ def save_all_clusters(image: np.ndarray, logits: torch.Tensor, out_file: str | P
         if index < maps.shape[0]:
             axis.imshow(overlay(image, maps[index].cpu().numpy()))
             axis.set_title(str(index), fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_file, dpi=90)
-    plt.close(fig)
-    return out_file
+    return _save_figure(fig, out_file, title, dpi=90)
