@@ -45,6 +45,23 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None, device: str = 'cp
     return model
 
 
+def tensor_forward(model: nn.Module, default_scope: str):
+    """``images -> model(images, samples, mode='tensor')`` for an mmdet / mmseg model: the raw outputs of
+    backbone, neck and heads (what mmdet's and mmseg's ``get_flops`` run). A two-stage detector gets the
+    minimal test-time data samples it needs for its proposals."""
+    if default_scope != 'mmdet':
+        return lambda images: model(images, mode='tensor')
+    from mmdet.structures import DetDataSample
+
+    def forward(images: torch.Tensor):
+        shape = tuple(images.shape[-2:])
+        samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
+                                               batch_input_shape=shape, scale_factor=(1.0, 1.0)))
+                   for _ in range(images.shape[0])]
+        return model(images, samples, mode='tensor')
+    return forward
+
+
 def test_pipeline(cfg: Config) -> Compose:
     """The config's test pipeline without annotation loading (for images without labels)."""
     steps = [step for step in cfg.test_dataloader.dataset.pipeline if 'LoadAnnotations' not in step['type']]

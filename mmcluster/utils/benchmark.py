@@ -1,6 +1,7 @@
 """Latency, throughput and peak memory of backbones and full models (used by tools/analysis_tools/benchmark.py)."""
 from __future__ import annotations
 
+import os.path
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,30 @@ BACKBONE_PRESETS: dict[str, dict] = {
     'swin-s': dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24]),
     'resnet50': dict(type='ResNet', depth=50),
 }
+
+
+def build_named_model(spec: str, backbone_only: bool = False) -> tuple[str, nn.Module, str]:
+    """(display name, model, kind) for a model named on a tool's command line: a preset of
+    :data:`BACKBONE_PRESETS` (kind ``'backbone'``), ``timm:NAME`` (``'timm'``), or an mmdet / mmseg config
+    file (``'mmdet'`` / ``'mmseg'``; with ``backbone_only``, only its backbone, kind ``'backbone'``). Weights
+    are random: no pretrained checkpoint is downloaded."""
+    from mmengine.registry import MODELS, init_default_scope
+    if spec.startswith('timm:'):
+        import timm
+        return spec, timm.create_model(spec[len('timm:'):]), 'timm'
+    if spec.endswith('.py'):
+        from ..apis import load_config
+        cfg = load_config(spec)  # also sets the config's default scope
+        cfg.model.backbone.init_cfg = None
+        name = os.path.splitext(os.path.basename(spec))[0]
+        if backbone_only:
+            return f'{name} (backbone)', MODELS.build(cfg.model.backbone), 'backbone'
+        return name, MODELS.build(cfg.model), cfg.default_scope
+    if spec not in BACKBONE_PRESETS:
+        raise SystemExit(f'unknown model {spec!r}: use a preset ({", ".join(BACKBONE_PRESETS)}), a config file, '
+                         f'or timm:NAME')
+    init_default_scope('mmdet')
+    return spec, MODELS.build(dict(BACKBONE_PRESETS[spec])), 'backbone'
 
 
 @dataclass

@@ -12,7 +12,7 @@ registered here with torch's own SDPA formula.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
@@ -66,10 +66,10 @@ def _dummy_input(height: int, width: int) -> torch.Tensor:
     return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
 
 
-def _measure(model: torch.nn.Module, *inputs: Any, **kwargs: Any) -> dict:
-    """Params, MACs (both conventions) and the MACs of each top-level submodule of one forward pass."""
+def _measure(model: torch.nn.Module, forward: Callable[[torch.Tensor], Any], images: torch.Tensor) -> dict:
+    """Params, MACs (both conventions) and the MACs of each top-level submodule of ``forward(images)``."""
     with torch.no_grad(), flop_counter(depth=2) as counter, flop_counter(convention='torchprofile') as paper:
-        model(*inputs, **kwargs)
+        forward(images)
     root = type(model).__name__
     by_module = {name[len(root) + 1:]: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items()
                  if name.startswith(root + '.') and name.count('.') == 1}
@@ -91,20 +91,17 @@ def config_complexity(cfg, height: int, width: int) -> dict:
     """
     from mmengine.registry import MODELS
 
+    from ..apis import tensor_forward
+
     model_cfg = cfg.model.copy()
     if 'backbone' in model_cfg:
         model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
     model = MODELS.build(model_cfg).eval()
-    data_samples = None
-    if cfg.get('default_scope') == 'mmdet':
-        from mmdet.structures import DetDataSample
-        shape = (height, width)
-        data_samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
-                                                    batch_input_shape=shape, scale_factor=(1.0, 1.0)))]
-    return _measure(model, _dummy_input(height, width), data_samples, mode='tensor')
+    return _measure(model, tensor_forward(model, cfg.get('default_scope')), _dummy_input(height, width))
 
 
 def timm_complexity(name: str, height: int, width: int, **kwargs: Any) -> dict:
     """Parameters and MACs of a timm-registered model on one (height, width) image."""
     import timm
-    return _measure(timm.create_model(name, **kwargs).eval(), _dummy_input(height, width))
+    model = timm.create_model(name, **kwargs).eval()
+    return _measure(model, model, _dummy_input(height, width))

@@ -27,7 +27,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import torch  # noqa: E402
 
 import mmcluster  # noqa: E402,F401
-from mmcluster.utils.benchmark import BACKBONE_PRESETS, DTYPES, format_table, measure, plot  # noqa: E402
+from mmcluster.apis import tensor_forward  # noqa: E402
+from mmcluster.utils.benchmark import (BACKBONE_PRESETS, DTYPES, build_named_model, format_table, measure,  # noqa: E402
+                                      plot)
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -39,39 +41,8 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def build(spec: str, backbone_only: bool):
     """(display name, module, forward function) for a MODEL argument."""
-    if spec.startswith('timm:'):
-        import timm
-        model = timm.create_model(spec[len('timm:'):])
-        return spec, model, model
-    if spec.endswith('.py'):
-        from mmcluster.apis import load_config
-        from mmengine.registry import MODELS
-        cfg = load_config(spec)
-        cfg.model.backbone.init_cfg = None
-        name = osp.splitext(osp.basename(spec))[0]
-        if backbone_only:
-            model = MODELS.build(cfg.model.backbone)
-            return f'{name} (backbone)', model, model
-        model = MODELS.build(cfg.model)
-        if cfg.default_scope == 'mmdet':
-            from mmdet.structures import DetDataSample
-
-            def forward(images):
-                shape = tuple(images.shape[-2:])
-                samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
-                                                       batch_input_shape=shape, scale_factor=(1.0, 1.0)))
-                           for _ in range(images.shape[0])]
-                return model(images, samples, mode='tensor')
-            return name, model, forward
-        return name, model, lambda images: model(images, mode='tensor')
-    if spec not in BACKBONE_PRESETS:
-        raise SystemExit(f'unknown model {spec!r}: use a preset ({", ".join(BACKBONE_PRESETS)}), a config file, '
-                         f'or timm:NAME')
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    init_default_scope('mmdet')
-    model = MODELS.build(dict(BACKBONE_PRESETS[spec]))
-    return spec, model, model
+    name, model, kind = build_named_model(spec, backbone_only)
+    return name, model, tensor_forward(model, kind) if kind in ('mmdet', 'mmseg') else model
 
 
 def main(argv=None) -> list:

@@ -23,46 +23,34 @@ import torch  # noqa: E402
 
 import mmcluster  # noqa: E402,F401
 from mmcluster.models.backbones.paca_vit import PatchToClusterAttention  # noqa: E402
+from mmcluster.utils.benchmark import build_named_model  # noqa: E402
 
 DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def build(spec: str):
     """(name, model, loss function of a batch of images)."""
-    if spec.startswith('timm:'):
-        import timm
-        model = timm.create_model(spec[len('timm:'):])
-        return spec, model, lambda x: torch.nn.functional.cross_entropy(
+    name, model, kind = build_named_model(spec)
+    if kind == 'timm':
+        return name, model, lambda x: torch.nn.functional.cross_entropy(
             model(x).float(), torch.randint(0, model.num_classes, (x.shape[0],), device=x.device))
-    if spec.endswith('.py'):
-        from mmengine.structures import PixelData
-        from mmengine.registry import MODELS
-        from mmseg.structures import SegDataSample
-        from mmcluster.apis import load_config
-        cfg = load_config(spec)
-        if cfg.default_scope != 'mmseg':
-            raise SystemExit(f'{spec}: only segmentor configs are supported (a detector needs boxes and masks '
-                             f'for its loss); check its backbone by preset name instead, e.g. paca-tiny')
-        cfg.model.backbone.init_cfg = None
-        model = MODELS.build(cfg.model)
-        classes = cfg.model.decode_head.num_classes
+    if kind == 'backbone':
+        return name, model, lambda x: sum(o.float().mean() for o in model(x))
+    if kind != 'mmseg':
+        raise SystemExit(f'{spec}: only segmentor configs are supported (a detector needs boxes and masks '
+                         f'for its loss); check its backbone by preset name instead, e.g. paca-tiny')
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    classes = model.decode_head.num_classes
 
-        def loss(x):
-            samples = []
-            for _ in range(x.shape[0]):
-                sample = SegDataSample(metainfo=dict(img_shape=tuple(x.shape[-2:]), pad_shape=tuple(x.shape[-2:])))
-                sample.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, *x.shape[-2:]), device=x.device))
-                samples.append(sample)
-            return sum(v for k, v in model.loss(x, samples).items() if 'loss' in k)
-        return osp.splitext(osp.basename(spec))[0], model, loss
-    from mmcluster.utils.benchmark import BACKBONE_PRESETS
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    if spec not in BACKBONE_PRESETS:
-        raise SystemExit(f'unknown model {spec!r}')
-    init_default_scope('mmdet')
-    model = MODELS.build(dict(BACKBONE_PRESETS[spec]))
-    return spec, model, lambda x: sum(o.float().mean() for o in model(x))
+    def loss(x):
+        samples = []
+        for _ in range(x.shape[0]):
+            sample = SegDataSample(metainfo=dict(img_shape=tuple(x.shape[-2:]), pad_shape=tuple(x.shape[-2:])))
+            sample.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, *x.shape[-2:]), device=x.device))
+            samples.append(sample)
+        return sum(v for k, v in model.loss(x, samples).items() if 'loss' in k)
+    return name, model, loss
 
 
 def check(name, model, loss_fn, dtype: str, size: tuple[int, int], device: str, steps: int, batch: int) -> dict:
