@@ -1,14 +1,21 @@
 """mmcluster: clustering-based vision transformers for MMDetection and MMSegmentation.
 
-Importing the package registers its backbones in mmdet's and mmseg's MODELS registries, its decode
-heads in mmseg's, and its ImageNet classifiers in timm's model registry. It also makes mmengine's
-checkpoint loaders safe for torch >= 2.6 (see :mod:`mmcluster.utils.checkpoint`).
+Importing the package registers its ImageNet classifiers in timm's model registry, which needs torch,
+timm and einops only. Where the OpenMMLab stack is installed it also
+* hooks its backbones and decode heads into mmdet's and mmseg's MODELS registries (imported when those
+  registries are first used, see :mod:`mmcluster.registry`),
+* makes mmengine's checkpoint loaders safe (see :mod:`mmcluster.utils.checkpoint`),
+* lets configs inherit ours as ``_base_ = ['mmcluster::...']`` (see :mod:`mmcluster.utils.mim`),
+* registers its mmengine hooks (see :mod:`mmcluster.engine`).
 """
-from .utils.checkpoint import install_safe_checkpoint_loading
+from . import models  # noqa: F401  (registers the timm models)
+from .registry import hook_into_registries, installed
 from .version import __version__
 
-install_safe_checkpoint_loading()
+if installed('mmengine'):
+    from .utils.checkpoint import install_safe_checkpoint_loading
 
-from . import models  # noqa: E402,F401  (registers everything)
+    install_safe_checkpoint_loading()
+    hook_into_registries()
 
 __all__ = ['__version__']

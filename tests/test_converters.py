@@ -1,4 +1,4 @@
-"""tools/model_converters/paca_vit_official.py on synthetic official ImageNet, COCO and ADE20K checkpoints."""
+"""tools/model_converters/convert_official.py on synthetic official ImageNet, COCO and ADE20K checkpoints."""
 import numpy as np
 import pytest
 import timm
@@ -6,7 +6,7 @@ import torch
 from mmengine.logging import MessageHub
 
 from mmcluster.apis import load_config
-from mmcluster.models.official import convert_official_paca_checkpoint
+from mmcluster.models.conversion import detect_family, get_converter
 from mmcluster.utils.checkpoint import safe_load
 
 from .official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
@@ -43,7 +43,7 @@ def official_downstream(model, backbone_shapes, head_shapes=None, seed=0):
 
 def _tool():
     import importlib.util
-    spec = importlib.util.spec_from_file_location('paca_vit_official', ROOT / 'tools/model_converters/paca_vit_official.py')
+    spec = importlib.util.spec_from_file_location('convert_official', ROOT / 'tools/model_converters/convert_official.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,16 +53,16 @@ def convert_file(tmp_path, checkpoint, cli=False):
     src, dst = tmp_path / 'official.pth', tmp_path / 'converted.pth'
     torch.save(checkpoint, src)
     if cli:
-        out = run(['tools/model_converters/paca_vit_official.py', src, dst])
+        out = run(['tools/model_converters/convert_official.py', src, dst])
     else:
-        out = f'converted {_tool().convert(str(src), str(dst))} checkpoint'
+        out = 'converted {} {} checkpoint'.format(*_tool().convert(str(src), str(dst)))
     return safe_load(dst), out
 
 
 def test_imagenet_checkpoint(tmp_path):
     official = random_state_dict(official_backbone_shapes('small', clustering='mlp'))
     converted, out = convert_file(tmp_path, {'model': official, 'epoch': 299}, cli=True)
-    assert 'converted imagenet checkpoint' in out
+    assert 'converted paca_vit imagenet checkpoint' in out
     model = timm.create_model('paca_small_mlp')
     model.load_state_dict(converted['state_dict'], strict=True)
     assert torch.equal(model.head.weight, official['head.weight'])
@@ -76,7 +76,7 @@ def test_coco_checkpoint(tmp_path, config, arch, kwargs):
     model = build(config)
     state = official_downstream(model, official_backbone_shapes(arch, head=False, **kwargs))
     converted, out = convert_file(tmp_path, dict(mmengine_meta(), state_dict=state))
-    assert 'converted detection checkpoint' in out
+    assert 'converted paca_vit detection checkpoint' in out
     model.load_state_dict(converted['state_dict'], strict=True)
     assert torch.equal(model.roi_head.bbox_head.fc_cls.weight, state['roi_head.bbox_head.fc_cls.weight'])
     assert converted['meta']['source_meta']['epoch'] == 12
@@ -92,7 +92,7 @@ def test_ade20k_checkpoint(tmp_path, config, arch, clusters, dims):
     head = official_head_shapes(in_channels=dims) if dims else None
     state = official_downstream(model, official_backbone_shapes(arch, clusters=clusters, head=False), head)
     converted, out = convert_file(tmp_path, dict(mmengine_meta(), state_dict=state))
-    assert 'converted segmentation checkpoint' in out
+    assert 'converted paca_vit segmentation checkpoint' in out
     model.load_state_dict(converted['state_dict'], strict=True)
     if dims:
         assert torch.equal(model.decode_head.to_clusters.weight, state['decode_head.clustering.1.weight'])
@@ -103,4 +103,13 @@ def test_ade20k_checkpoint(tmp_path, config, arch, clusters, dims):
 
 def test_rejects_what_is_not_official():
     with pytest.raises(ValueError, match='not an official'):
-        convert_official_paca_checkpoint({'layer1.0.conv1.weight': torch.zeros(1)})
+        get_converter('paca_vit').convert_checkpoint({'layer1.0.conv1.weight': torch.zeros(1)})
+    with pytest.raises(ValueError, match='no known official layout'):
+        detect_family({'layer1.0.conv1.weight': torch.zeros(1)})
+
+
+def test_unknown_official_key_is_an_error_naming_it():
+    state = random_state_dict(official_backbone_shapes('tiny'))
+    state['stage1.0.attn.extra_scale'] = torch.zeros(1)
+    with pytest.raises(KeyError, match='stage1.0.attn.extra_scale'):
+        get_converter('paca_vit').convert_backbone(state)

@@ -79,6 +79,9 @@ def test_norms_follow_norm_cfg():
 @pytest.mark.parametrize('kwargs,message', [
     (dict(input_transform='resize_concat'), 'input_transform'),
     (dict(norm_cfg=None), 'norm_cfg'),
+    (dict(channels=0), 'channels'),
+    (dict(num_classes=0), 'num_classes'),
+    (dict(channels=-8), 'channels'),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,2 @@
-from .checkpoint import (SAFE_CHECKPOINT_GLOBALS, LoadReport, extract_state_dict, install_safe_checkpoint_loading,
-                         load_pretrained, safe_load)
-
-__all__ = ['SAFE_CHECKPOINT_GLOBALS', 'LoadReport', 'extract_state_dict', 'install_safe_checkpoint_loading',
-           'load_pretrained', 'safe_load']
+"""Utilities: safe checkpoint loading (``checkpoint``), MAC counting (``flops``), benchmarking
+(``benchmark``), launch helpers (``launch``). Import the submodule you need; most need mmengine."""

@@ -1,6 +1,9 @@
-from ...registry import register_backbone
+"""Backbone families. Each file is one family: its timm classifiers (registered in timm on import) and
+its mmdet / mmseg backbone (registered by mmcluster.registry where those packages are installed)."""
+from .base import BackboneContract, HierarchicalViT
 from .paca_vit import PaCaViT, PaCaViTClassifier
 
-register_backbone(PaCaViT)
+# the backbones that mmcluster.registry registers in mmdet's and mmseg's MODELS
+MM_BACKBONES = (PaCaViT,)
 
-__all__ = ['PaCaViT', 'PaCaViTClassifier']
+__all__ = ['BackboneContract', 'HierarchicalViT', 'MM_BACKBONES', 'PaCaViT', 'PaCaViTClassifier']

@@ -1,25 +1,28 @@
 """PaCa-ViT: Learning Patch-to-Cluster Attention in Vision Transformers (Grainger et al., CVPR 2023).
 
-Equation and figure numbers refer to the paper (../shared/papers/paca_vit.md). The architecture
-follows the official implementation exactly (parameter counts, layer order, initialisation); official
-checkpoints are mapped onto this module layout by :func:`convert_official_state_dict`.
+Equation, section and figure numbers refer to the paper. The architecture follows the official
+implementation (github.com/iVMCL/PaCaViT, ``models/paca_vit.py``) exactly: parameter counts, layer order
+and initialisation. Official checkpoints are mapped onto this module layout by the ``paca_vit`` converter
+registered at the end of this file.
+
+This file needs torch, timm and einops only: the timm classifiers work without the OpenMMLab stack, and
+the mmdet / mmseg backbone is the same network with :class:`~.base.BackboneContract` mixed in.
 
 Module layout::
 
-    PaCaViT
+    PaCaViTClassifier / PaCaViT
     ├── patch_embed        ConvDownsample: two stride-2 3x3 convs + LayerNorm2d (stride 4)
     ├── teacher            ConvMixerClusteringTeacher (only for the external-clustering variants, Fig. 4)
-    └── stages[i]          PaCaStage
-        ├── downsample     ConvDownsample (stages 1-3; Identity in stage 0)
-        ├── blocks[j]      PaCaBlock: x + PaCa(LN(x)), x + FFN(LN(x))
-        │   └── attn       PatchToClusterAttention, with its own `clustering` module when the block
-        │                  computes the assignment (stage-wise: block 0 only; block-wise: every block)
-        └── norm           LayerNorm at the end of the stage (its output is the stage's feature map)
+    ├── stages[i]          PaCaStage
+    │   ├── downsample     ConvDownsample (stages 1-3; Identity in stage 0)
+    │   ├── blocks[j]      PaCaBlock: x + PaCa(LN(x)), x + FFN(LN(x))
+    │   │   └── attn       PatchToClusterAttention, with its own `clustering` module when the block
+    │   │                  computes the assignment (stage-wise: block 0 only; block-wise: every block)
+    │   └── norm           LayerNorm at the end of the stage (its output is the stage's feature map)
+    └── head               Linear classifier on the mean-pooled last map (Identity in the backbone)
 """
 from __future__ import annotations
 
-import re
-import warnings
 from collections import OrderedDict
 from typing import Iterator, Literal, Optional, Sequence, Union
 
@@ -27,19 +30,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from mmcv.cnn import ConvModule, build_norm_layer
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
-from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, soft_assignment
+from ..conversion import FamilyConverter, RuleTable, register_converter
+from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, SoftAssignment, pool_clusters
+from .base import BackboneContract, HierarchicalViT, check_int, check_per_stage, check_rate, create_timm_model
 
 Clustering = Literal['conv', 'mlp', 'teacher']
 Assignment = Literal['stage', 'block']
 
-# Variant table of the official models (spec §2.1). Teacher variants use the external ConvMixer-FPN
-# clustering teacher; their ViT depths are reduced so that the total stays close to the onsite models.
+# The official variants (`_arch_settings` in models/paca_vit.py). Teacher variants use the external
+# ConvMixer-FPN clustering teacher; their ViT depths are reduced so that the total stays close to the
+# onsite models.
 PACA_ARCHS: dict[str, dict] = {
     'tiny': dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16)),
     'small': dict(embed_dims=(96, 192, 320, 384), depths=(3, 3, 10, 3), num_heads=(2, 4, 8, 16)),
@@ -54,12 +60,6 @@ PACA_ARCHS: dict[str, dict] = {
 ONSITE_CLUSTERS = (100, 100, 100, 0)  # clusters per stage; 0 = full self-attention
 TEACHER_CLUSTERS = (100, 100, 100, 100)
 CLUSTERING_KERNEL_SIZE = 7
-
-
-def _per_stage(name: str, value: Sequence, num_stages: int) -> tuple:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != num_stages:
-        raise ValueError(f'{name} must be a sequence with one entry per stage ({num_stages}), got {value!r}')
-    return tuple(value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,7 +108,8 @@ class PatchToClusterAttention(nn.Module):
     Queries come from the N patch tokens X; keys and values from M cluster tokens
     Z = LayerNorm(C^T X) (Eqn. 2), where C^T (B, M, N) is the soft assignment. With ``num_clusters=0``
     this is ordinary multi-head self-attention over all N tokens. Attention runs through torch's fused
-    ``scaled_dot_product_attention`` (scale head_dim ** -0.5).
+    ``scaled_dot_product_attention`` (scale head_dim ** -0.5). The assignment and the pooling ``C^T X``
+    run in fp32 also under autocast (see :func:`~mmcluster.models.layers.pool_clusters`).
 
     Args:
         dim: token channels C.
@@ -125,6 +126,7 @@ class PatchToClusterAttention(nn.Module):
         self.num_heads = num_heads
         self.num_clusters = num_clusters
         self.clustering = clustering
+        self.assign = SoftAssignment() if clustering is not None else None
         self.cluster_norm = nn.LayerNorm(dim, eps=1e-6) if num_clusters > 0 else None
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -136,10 +138,10 @@ class PatchToClusterAttention(nn.Module):
         """x: normalised tokens (B, N, C). Returns the attention output and the assignment (B, M, N)."""
         if self.num_clusters > 0:
             if self.clustering is not None:
-                assignment = soft_assignment(self.clustering(x, hw))
+                assignment = self.assign(self.clustering(x, hw))
             elif assignment is None:
                 raise RuntimeError('this block reuses a cluster assignment but none was passed in')
-            context = self.cluster_norm(torch.matmul(assignment.to(x.dtype), x))  # Z_{M,C}, Eqn. 2
+            context = self.cluster_norm(pool_clusters(assignment, x))  # Z_{M,C}, Eqn. 2
         else:
             context = x
         q = rearrange(self.q(x), 'b n (h d) -> b h n d', h=self.num_heads)
@@ -198,6 +200,7 @@ class PaCaStage(nn.Module):
             for j in range(depth)
         ])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, assignment: Optional[torch.Tensor] = None,
                 teacher_feature: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -206,7 +209,10 @@ class PaCaStage(nn.Module):
         height, width = x.shape[-2:]
         x = rearrange(x, 'b c h w -> b (h w) c')
         for block in self.blocks:
-            x, assignment = block(x, (height, width), assignment)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, assignment = checkpoint(block, x, (height, width), assignment, use_reentrant=False)
+            else:
+                x, assignment = block(x, (height, width), assignment)
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')
         # Contiguous NCHW, not a channels-last view: convs propagate that memory format into the neck, and
@@ -215,29 +221,32 @@ class PaCaStage(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# External clustering teacher (Sec. 3.2.3, Fig. 4): a ConvMixer CNN with a top-down FPN, trained jointly
-# with the ViT. It shares the ViT's stem, gives every stage its assignment, and its bottom-up stage
-# features are added to the ViT's stage outputs.
+# External clustering teacher (Sec. 3.2.3, Fig. 4; `PaCaTeacher_ConvMixer` in models/paca_vit.py): a
+# ConvMixer CNN with a top-down FPN, trained jointly with the ViT. It shares the ViT's stem, gives every
+# stage its assignment, and its bottom-up stage features are added to the ViT's stage outputs.
 
 
-def _conv_act_norm(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1,
-                   norm_cfg: Optional[dict] = None) -> ConvModule:
-    # The conv bias is not redundant here (GELU sits between conv and norm), so mmcv's warning about a
-    # bias before a norm does not apply.
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='Unnecessary conv bias')
-        return ConvModule(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=True,
-                          norm_cfg=norm_cfg or dict(type='BN'), act_cfg=dict(type='GELU'),
-                          order=('conv', 'act', 'norm'))
+class ConvActNorm(nn.Module):
+    """Conv (with bias), GELU, BatchNorm: the order of the official teacher's layers. The submodules are
+    named ``conv`` and ``bn``, as mmcv's ``ConvModule`` names them, so checkpoints keep their keys."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups)
+        self.act = nn.GELU()
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.act(self.conv(x)))
 
 
 class ConvMixerLayer(nn.Module):
     """ConvMixer layer (Trockman & Kolter): x + BN(GELU(DWConv_k(x))), then BN(GELU(PWConv(.)))."""
 
-    def __init__(self, dim: int, kernel_size: int = CLUSTERING_KERNEL_SIZE, norm_cfg: Optional[dict] = None) -> None:
+    def __init__(self, dim: int, kernel_size: int = CLUSTERING_KERNEL_SIZE) -> None:
         super().__init__()
-        self.spatial_mix = _conv_act_norm(dim, dim, kernel_size, groups=dim, norm_cfg=norm_cfg)
-        self.channel_mix = _conv_act_norm(dim, dim, 1, norm_cfg=norm_cfg)
+        self.spatial_mix = ConvActNorm(dim, dim, kernel_size, groups=dim)
+        self.channel_mix = ConvActNorm(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.channel_mix(x + self.spatial_mix(x))
@@ -246,13 +255,13 @@ class ConvMixerLayer(nn.Module):
 class TeacherDownsample(nn.Module):
     """Anti-aliased stride-2 conv, then GELU and BatchNorm."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm_cfg: Optional[dict] = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = BlurConv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
         self.act = nn.GELU()
         # named `bn`, not `norm`: the recipes' "no weight decay on norm" rule matched none of the teacher's
         # BatchNorms in the official model
-        self.bn = build_norm_layer(norm_cfg or dict(type='BN'), out_channels)[1]
+        self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.act(self.conv(x)))
@@ -267,21 +276,19 @@ class ConvMixerClusteringTeacher(nn.Module):
     """
 
     def __init__(self, dims: Sequence[int], depths: Sequence[int], num_clusters: Sequence[int],
-                 kernel_size: int = CLUSTERING_KERNEL_SIZE, norm_cfg: Optional[dict] = None) -> None:
+                 kernel_size: int = CLUSTERING_KERNEL_SIZE) -> None:
         super().__init__()
         num_stages = len(dims)
-        self.downsamples = nn.ModuleList(
-            [TeacherDownsample(dims[i], dims[i + 1], norm_cfg) for i in range(num_stages - 1)])
+        self.downsamples = nn.ModuleList([TeacherDownsample(dims[i], dims[i + 1]) for i in range(num_stages - 1)])
         self.stages = nn.ModuleList([
-            nn.Sequential(*[ConvMixerLayer(dims[i], kernel_size, norm_cfg) for _ in range(depths[i])])
+            nn.Sequential(*[ConvMixerLayer(dims[i], kernel_size) for _ in range(depths[i])])
             for i in range(num_stages)
         ])
-        self.laterals = nn.ModuleList(
-            [_conv_act_norm(dims[i + 1], dims[i], 1, norm_cfg=norm_cfg) for i in range(num_stages - 1)])
-        self.fpn_layers = nn.ModuleList(
-            [ConvMixerLayer(dims[i], kernel_size, norm_cfg) for i in range(num_stages - 1)])
+        self.laterals = nn.ModuleList([ConvActNorm(dims[i + 1], dims[i], 1) for i in range(num_stages - 1)])
+        self.fpn_layers = nn.ModuleList([ConvMixerLayer(dims[i], kernel_size) for i in range(num_stages - 1)])
         self.to_clusters = nn.ModuleDict(
             {str(i): nn.Conv2d(dims[i], m, 1) for i, m in enumerate(num_clusters) if m > 0})
+        self.assign = SoftAssignment()
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]:
         """x: the ViT stem output. Returns the bottom-up stage features and per-stage assignments (B, M, N)."""
@@ -298,10 +305,21 @@ class ConvMixerClusteringTeacher(nn.Module):
                                      align_corners=False)
             pyramid[i] = self.fpn_layers[i](features[i] + self.laterals[i](top_down))
         assignments = [
-            soft_assignment(self.to_clusters[str(i)](p).flatten(2)) if str(i) in self.to_clusters else None
+            self.assign(self.to_clusters[str(i)](p).flatten(2)) if str(i) in self.to_clusters else None
             for i, p in enumerate(pyramid)
         ]
         return features, assignments
+
+    def stage_modules(self, index: int) -> list[nn.Module]:
+        """The teacher's layers that serve ViT stage ``index`` (frozen with it)."""
+        modules: list[nn.Module] = [self.stages[index]]
+        if index > 0:
+            modules.append(self.downsamples[index - 1])
+        if index < len(self.fpn_layers):
+            modules += [self.fpn_layers[index], self.laterals[index]]
+        if str(index) in self.to_clusters:
+            modules.append(self.to_clusters[str(index)])
+        return modules
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,13 +341,9 @@ def init_paca_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _is_cluster_count_dependent(key: str) -> bool:
-    """Tensors whose shape depends on the number of clusters M (the clustering output layers)."""
-    return '.to_clusters.' in f'.{key}'
-
-
-class PaCaViT(BaseModule):
-    """PaCa-ViT backbone for MMDetection / MMSegmentation (registered as ``PaCaViT`` in both).
+class PaCaViTClassifier(HierarchicalViT):
+    """PaCa-ViT image classifier (registered in timm as ``paca_*``): the network, mean pooling of the last
+    (normalised) stage map, a Linear head. timm's whole model interface comes from :class:`HierarchicalViT`.
 
     Args:
         arch: a key of :data:`PACA_ARCHS` (``tiny``, ``small``, ``base``, ``{tiny,small,base}_teacher``)
@@ -343,22 +357,19 @@ class PaCaViT(BaseModule):
             the others) or ``'block'`` (every block). Not used with the teacher.
         mlp_ratio: FFN (and MLP-clustering) expansion ratio.
         drop_path_rate: stochastic depth, increased linearly over all blocks from 0.
-        in_channels: input image channels.
-        out_indices: stages whose normalised maps are returned (strides 4, 8, 16, 32).
-        frozen_stages: stages 0..frozen_stages (and the stem) are frozen; -1 freezes nothing.
-        norm_eval: keep BatchNorm layers (in the teacher) in eval mode during training.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)`` loads weights after
-            the initialisation; official PaCa-ViT checkpoints are converted on the fly. When ``num_clusters``
-            differs from the checkpoint's, the clustering output layers keep their fresh initialisation
-            and the log names them.
+        in_chans: input image channels.
+        num_classes: classifier outputs; 0 for none (``forward`` then returns the pooled features).
+        global_pool: ``'avg'`` or ``''`` (no pooling).
+        drop_rate: dropout before the classifier (0 in the paper's recipe).
     """
+
+    stem_pattern = r'^(?:patch_embed|teacher)'  # the teacher runs on the stem output, before stage 0
 
     def __init__(self, arch: Union[str, dict] = 'tiny', num_clusters: Optional[Sequence[int]] = None,
                  clustering: Optional[Clustering] = None, assignment: Assignment = 'stage',
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, in_channels: int = 3,
-                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
-                 init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, in_chans: int = 3,
+                 num_classes: int = 1000, global_pool: str = 'avg', drop_rate: float = 0.0) -> None:
+        super().__init__()
         if isinstance(arch, str):
             if arch not in PACA_ARCHS:
                 raise ValueError(f'arch must be one of {sorted(PACA_ARCHS)} or a dict, got {arch!r}')
@@ -370,10 +381,10 @@ class PaCaViT(BaseModule):
         if missing or unknown:
             raise ValueError(f'arch dict needs embed_dims, depths, num_heads (and optionally teacher_depths); '
                              f'missing {sorted(missing)}, unknown {sorted(unknown)}')
-        embed_dims = _per_stage('arch.embed_dims', arch['embed_dims'], 4)
+        embed_dims = check_per_stage('arch.embed_dims', arch['embed_dims'], 4, 1)
         num_stages = len(embed_dims)
-        depths = _per_stage('arch.depths', arch['depths'], num_stages)
-        num_heads = _per_stage('arch.num_heads', arch['num_heads'], num_stages)
+        depths = check_per_stage('arch.depths', arch['depths'], num_stages, 1)
+        num_heads = check_per_stage('arch.num_heads', arch['num_heads'], num_stages, 1)
         teacher_depths = arch.get('teacher_depths')
 
         if clustering is None:
@@ -384,43 +395,29 @@ class PaCaViT(BaseModule):
             if teacher_depths is None:
                 raise ValueError("clustering='teacher' needs an arch with teacher_depths "
                                  f'(e.g. {[k for k in PACA_ARCHS if "teacher" in k]})')
-            teacher_depths = _per_stage('arch.teacher_depths', teacher_depths, num_stages)
+            teacher_depths = check_per_stage('arch.teacher_depths', teacher_depths, num_stages, 1)
         elif teacher_depths is not None:
             raise ValueError(f'arch has teacher_depths but clustering={clustering!r}; use clustering=\'teacher\'')
         if assignment not in ('stage', 'block'):
             raise ValueError(f"assignment must be 'stage' or 'block', got {assignment!r}")
         if num_clusters is None:
             num_clusters = TEACHER_CLUSTERS if clustering == 'teacher' else ONSITE_CLUSTERS
-        num_clusters = _per_stage('num_clusters', num_clusters, num_stages)
-        for name, values, minimum in (('num_clusters', num_clusters, 0), ('arch.embed_dims', embed_dims, 1),
-                                      ('arch.depths', depths, 1), ('arch.num_heads', num_heads, 1)):
-            if any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in values):
-                raise ValueError(f'{name} must hold integers >= {minimum}, got {values}')
+        num_clusters = check_per_stage('num_clusters', num_clusters, num_stages, 0)
         for dim, heads in zip(embed_dims, num_heads):
             if dim % heads:
                 raise ValueError(f'num_heads {num_heads} must divide embed_dims {embed_dims} stage by stage')
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'in_channels must be a positive integer, got {in_channels!r}')
-        if mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be positive, got {mlp_ratio}')
-        out_indices = tuple(out_indices)
-        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
-            raise ValueError(f'out_indices must be non-empty indices in [0, {num_stages}), got {out_indices}')
-        if not -1 <= frozen_stages < num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {num_stages - 1}], got {frozen_stages}')
+        drop_path_rate = check_rate('drop_path_rate', drop_path_rate)
+        in_chans = check_int('in_chans', in_chans, 1)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
+            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
 
         self.embed_dims = embed_dims
         self.depths = depths
         self.num_clusters = num_clusters
         self.clustering = clustering
         self.assignment = assignment
-        self.out_indices = out_indices
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
 
-        self.patch_embed = ConvDownsample(in_channels, embed_dims[0], num_convs=2)
+        self.patch_embed = ConvDownsample(in_chans, embed_dims[0], num_convs=2)
         self.teacher = (ConvMixerClusteringTeacher(embed_dims, teacher_depths, num_clusters)
                         if clustering == 'teacher' else None)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -431,27 +428,19 @@ class PaCaViT(BaseModule):
                 in_dim=embed_dims[max(i - 1, 0)], dim=embed_dims[i], depth=depths[i], num_heads=num_heads[i],
                 num_clusters=num_clusters[i], clustering=clustering, assignment=assignment, mlp_ratio=mlp_ratio,
                 drop_path_rates=rates[first:first + depths[i]], downsample=i > 0))
-        self.apply(init_paca_weights)
-        self._freeze_stages()
+        self.init_classifier(num_classes, global_pool, drop_rate)
+        self.reset_parameters()
 
-    # -- forward --------------------------------------------------------------------------------------
+    init_module = staticmethod(init_paca_weights)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All stage outputs (B, C_i, H_i, W_i) at strides 4, 8, 16, 32, for any input size."""
-        x = self.patch_embed(x)
-        if self.teacher is not None:
-            teacher_features, assignments = self.teacher(x)
-        else:
-            teacher_features = assignments = [None] * len(self.stages)
-        outs = []
-        for stage, assignment, teacher_feature in zip(self.stages, assignments, teacher_features):
-            x = stage(x, assignment, teacher_feature)
-            outs.append(x)
-        return outs
+    def stage_inputs(self, stem: torch.Tensor) -> list[dict]:
+        """With the external teacher: each stage's assignment and the teacher feature added to its output."""
+        if self.teacher is None:
+            return super().stage_inputs(stem)
+        features, assignments = self.teacher(stem)
+        return [dict(assignment=a, teacher_feature=f) for a, f in zip(assignments, features)]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = self.forward_stages(x)
-        return tuple(outs[i] for i in self.out_indices)
+    # -- the cluster-map protocol -------------------------------------------------------------------
 
     def clustering_layers(self) -> Iterator[tuple[str, int, nn.Module]]:
         """(name, stage index, module) of every layer that outputs assignment logits."""
@@ -461,86 +450,70 @@ class PaCaViT(BaseModule):
                     yield f'stages.{i}.blocks.{j}.attn.clustering', i, block.attn.clustering
         if self.teacher is not None:
             for key, conv in self.teacher.to_clusters.items():
-                yield f'teacher.to_clusters.{key}', int(key), conv
+                if int(key) < len(self.stages):
+                    yield f'teacher.to_clusters.{key}', int(key), conv
 
     @torch.no_grad()
-    def cluster_logits(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
+    def cluster_maps(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
         """Assignment logits of every clustering layer before the softmax over tokens, as (B, M, H_i, W_i).
 
         This is C_{N,M} of Sec. 3.3 reshaped to M spatial heatmaps, keyed by the layer's name; stage-wise
         models have one per clustered stage, block-wise models one per block.
         """
         captured: dict[str, torch.Tensor] = {}
+        layers = list(self.clustering_layers())
         handles = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-                   for name, _, module in self.clustering_layers()]
+                   for name, _, module in layers]
         try:
             outs = self.forward_stages(x)
         finally:
             for handle in handles:
                 handle.remove()
-        logits = OrderedDict()
-        for name, stage, _ in self.clustering_layers():
+        maps = OrderedDict()
+        for name, stage, _ in layers:
             height, width = outs[stage].shape[-2:]
-            logits[name] = captured[name].reshape(x.shape[0], -1, height, width)
-        return logits
+            maps[name] = captured[name].reshape(x.shape[0], -1, height, width)
+        return maps
 
-    # -- training-mode helpers ------------------------------------------------------------------------
 
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.patch_embed] + [self.stages[i] for i in range(self.frozen_stages + 1)]
+class PaCaViT(BackboneContract, PaCaViTClassifier):
+    """PaCa-ViT backbone for MMDetection / MMSegmentation (registered as ``PaCaViT`` in both).
+
+    The classifier's network without its head; the arguments are :class:`PaCaViTClassifier`'s (with
+    ``in_channels`` for ``in_chans``) and :class:`~.base.BackboneContract`'s. ``frozen_stages=k`` freezes the
+    stem and stages 0..k-1 with the teacher's layers that serve them; when ``num_clusters`` differs from a
+    checkpoint's, the clustering output layers keep their fresh initialisation and the log names them.
+    """
+
+    family = 'paca_vit'
+    arch_zoo = PACA_ARCHS  # the benchmark presets paca-tiny, paca-small-teacher, ... (BackboneContract)
+    preset_prefix = 'paca'
+
+    def __init__(self, arch: Union[str, dict] = 'tiny', num_clusters: Optional[Sequence[int]] = None,
+                 clustering: Optional[Clustering] = None, assignment: Assignment = 'stage',
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, init_cfg: Optional[dict] = None, pretrained: Optional[str] = None) -> None:
+        super().__init__(arch, num_clusters=num_clusters, clustering=clustering, assignment=assignment,
+                         mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, in_chans=in_channels, num_classes=0)
+        self.init_backbone(out_indices, frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
+
+    def stage_modules(self, index: int) -> list[nn.Module]:
+        modules = super().stage_modules(index)
         if self.teacher is not None:
-            for i in range(self.frozen_stages + 1):
-                frozen.append(self.teacher.stages[i])
-                if i > 0:
-                    frozen.append(self.teacher.downsamples[i - 1])
-                if i < len(self.teacher.fpn_layers):
-                    frozen += [self.teacher.fpn_layers[i], self.teacher.laterals[i]]
-                if str(i) in self.teacher.to_clusters:
-                    frozen.append(self.teacher.to_clusters[str(i)])
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'PaCaViT':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
-
-    # -- weights ------------------------------------------------------------------------------------
-
-    def init_weights(self) -> None:
-        """Initialise from scratch, then load ``init_cfg``'s checkpoint (if any) over it.
-
-        Loading happens here, after the initialisation, so that mmengine's Runner (which calls
-        ``init_weights`` before training) cannot overwrite pretrained weights.
-        """
-        from mmcluster.utils.checkpoint import load_pretrained
-
-        self.apply(init_paca_weights)
-        if self.init_cfg is not None:
-            init_cfg = dict(self.init_cfg)
-            if init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg:
-                raise ValueError("PaCaViT init_cfg must be dict(type='Pretrained', checkpoint=..., prefix=None), "
-                                 f'got {self.init_cfg}')
-            load_pretrained(self, init_cfg['checkpoint'], prefix=init_cfg.get('prefix'),
-                            convert=convert_official_state_dict, may_reinit=_is_cluster_count_dependent,
-                            ignore_unexpected=('head.',), logger=MMLogger.get_current_instance())
-        self._is_init = True
-        self._freeze_stages()
+            modules += self.teacher.stage_modules(index)
+        return modules
 
 
 # ---------------------------------------------------------------------------------------------------
-# Official checkpoint layout (spec §2.11, §4) -> this module's.
+# Official checkpoint layout (models/paca_vit.py and segmentation/mmseg_custom/models/decode_heads/
+# paca_head.py of iVMCL/PaCaViT) -> this module's. Official stage indices are 1-based (`stage1`, `norm1`,
+# `paca_teacher.block1`); `transition{i}` (after official stage i) is the downsample of our stage i, and the
+# teacher's `transition{i}`, `lateral{i}`, `fpn{i}` sit between stages i and i+1. Which keys of a clustering
+# module map where depends on its type: conv clustering has keys 0, 2, 4 (DW conv, PW conv, output), MLP
+# clustering 0, 2 (hidden, output); `{s}` is the 0-based stage.
 
-_OFFICIAL_RULES: list[tuple[str, str]] = [
-    # ViT stages. transition{i} (after stage i, 1-indexed) is the downsample of our stage i (0-indexed).
+_BACKBONE_RULES: list[tuple[str, str]] = [
     (r'^stage(\d)\.(\d+)\.norm1_before\.', 'stages.{s}.blocks.{1}.norm1.'),
     (r'^stage(\d)\.(\d+)\.norm2_before\.', 'stages.{s}.blocks.{1}.norm2.'),
     (r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.0\.(weight|bias)$', 'stages.{s}.blocks.{1}.attn.clustering.{conv_or_fc}.{2}'),
@@ -570,155 +543,125 @@ _OFFICIAL_RULES: list[tuple[str, str]] = [
     (r'^(patch_embed\.proj\.[01]\.|patch_embed\.norm\.|head\.)', '{0}'),
 ]
 
+# The official `PaCaSegHead` (keys without the `decode_head.` prefix) -> mmcluster's PaCaHead.
+_HEAD_RULES: list[tuple[str, str]] = [
+    (r'^q\.0\.', 'query.'),
+    (r'^clustering\.0\.', 'cluster_embed.'),
+    (r'^clustering\.1\.', 'to_clusters.'),
+    (r'^k\.0\.', 'key.linear.'),
+    (r'^k\.2\.', 'key.norm.'),
+    (r'^v\.0\.', 'value.linear.'),
+    (r'^v\.2\.', 'value.norm.'),
+    (r'^(convs\.\d+\.(conv|bn)\.|proj\.(conv|bn)\.|conv_seg\.)', '{0}'),
+]
+_HEAD_MARKERS = ('q.0.', 'clustering.0.', 'k.0.', 'v.0.')
+
+
+def _mlp_clustering_blocks(state_dict: dict) -> set[str]:
+    """Official blocks (``stage{i}.{j}``) whose clustering is the MLP type (a 2-d first weight)."""
+    suffix = '.attn.clustering.clustering.0.weight'
+    return {k[:-len(suffix)] for k, v in state_dict.items()
+            if k.startswith('stage') and k.endswith(suffix) and v.ndim == 2}
+
+
+def _backbone_fields(groups: tuple, mlp_blocks: set[str]) -> dict:
+    stage = ''
+    if groups and groups[0].isdigit():
+        if int(groups[0]) < 1:
+            raise KeyError(f'official PaCa-ViT stage indices start at 1, got stage {groups[0]}')
+        stage = str(int(groups[0]) - 1)
+    is_mlp = len(groups) > 1 and f'stage{groups[0]}.{groups[1]}' in mlp_blocks
+    return dict(s=stage, conv_or_fc='fc' if is_mlp else 'spatial_mix',
+                pw_or_out='to_clusters' if is_mlp else 'channel_mix')
+
 
 def is_official_state_dict(state_dict: dict) -> bool:
     """Whether ``state_dict`` (without any ``backbone.`` prefix) uses the official PaCa-ViT key layout."""
     return any(k.startswith(('stage1.', 'norm1.', 'transition1.', 'paca_teacher.')) for k in state_dict)
 
 
-def convert_official_state_dict(state_dict: dict) -> 'OrderedDict[str, torch.Tensor]':
-    """Map an official PaCa-ViT state dict (iVMCL/PaCaViT, spec §2.11) onto :class:`PaCaViT`'s keys.
+def _is_cluster_count_dependent(key: str) -> bool:
+    """Tensors whose shape depends on the number of clusters M (the clustering output layers)."""
+    return '.to_clusters.' in f'.{key}'
 
-    Official stage indices are 1-based (``stage1``, ``norm1``, ``paca_teacher.block1``); the teacher's
-    ``transition{i}``, ``lateral{i}`` and ``fpn{i}`` sit between stages i and i+1. Which keys of the
-    clustering module map where depends on its type: the conv type has keys 0, 2, 4 (DW conv, PW conv,
-    output), the MLP type 0, 2 (hidden, output). A state dict that is already in our layout is returned
-    unchanged. Raises KeyError on a key that matches no rule.
-    """
-    if not is_official_state_dict(state_dict):
-        return OrderedDict(state_dict)
-    mlp_blocks = {m.group(1) for k in state_dict if (m := re.match(r'^(stage\d\.\d+)\.attn\.clustering\.clustering\.0\.weight$', k))
-                  and state_dict[k].ndim == 2}
-    converted = OrderedDict()
-    for key, value in state_dict.items():
-        for pattern, template in _OFFICIAL_RULES:
-            match = re.match(pattern, key)
-            if match is None:
-                continue
-            groups = match.groups()
-            block = f'stage{groups[0]}.{groups[1]}' if len(groups) > 1 else ''
-            is_mlp = block in mlp_blocks
-            stage = ''
-            if groups and groups[0].isdigit():
-                if int(groups[0]) < 1:
-                    raise KeyError(f'official PaCa-ViT stage indices start at 1, got {key}')
-                stage = str(int(groups[0]) - 1)
-            new_prefix = template.format(
-                *groups, s=stage, conv_or_fc='fc' if is_mlp else 'spatial_mix',
-                pw_or_out='to_clusters' if is_mlp else 'channel_mix')
-            converted[new_prefix + key[match.end():]] = value
-            break
-        else:
-            raise KeyError(f'unexpected key in an official PaCa-ViT state dict: {key}')
-    return converted
+
+PACA_CONVERTER = register_converter(FamilyConverter(
+    family='paca_vit', is_official=is_official_state_dict,
+    backbone=RuleTable('official PaCa-ViT backbone', _BACKBONE_RULES, context=_mlp_clustering_blocks,
+                       fields=_backbone_fields),
+    head=RuleTable('official PaCa segmentation head', _HEAD_RULES), head_markers=_HEAD_MARKERS,
+    may_reinit=_is_cluster_count_dependent))
+convert_official_state_dict = PACA_CONVERTER.convert_backbone
+convert_official_head_state_dict = PACA_CONVERTER.head
 
 
 # ---------------------------------------------------------------------------------------------------
-# ImageNet classifiers, registered in timm.
-
-
-class PaCaViTClassifier(PaCaViT):
-    """PaCa-ViT image classifier: the backbone, mean pooling of the last (normalised) stage, a Linear head.
-
-    Follows timm's model interface (``forward_features``, ``forward_head``, ``reset_classifier``).
-    """
-
-    def __init__(self, arch: Union[str, dict] = 'tiny', num_classes: int = 1000, in_chans: int = 3,
-                 drop_rate: float = 0.0, **kwargs) -> None:
-        if 'out_indices' in kwargs:
-            raise ValueError('out_indices is not an argument of the classifier; use PaCaViT for feature maps')
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f'drop_rate must be in [0, 1), got {drop_rate}')
-        super().__init__(arch, in_channels=in_chans, out_indices=(3,), **kwargs)
-        self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = self.embed_dims[-1]
-        self.head_drop = nn.Dropout(drop_rate)  # before the classifier; 0 in the paper's recipe
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(init_paca_weights)
-        self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f'stages.{i}')
-                             for i, c in enumerate(self.embed_dims)]
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f"PaCa-ViT pools by averaging; global_pool must be 'avg', got {global_pool!r}")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.head.apply(init_paca_weights)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)[-1]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x.mean(dim=(2, 3)))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
+# ImageNet classifiers, registered in timm. The official release files are the ImageNet-1k checkpoints
+# of github.com/iVMCL/PaCaViT/releases (the tiny teacher variant has none).
 
 OFFICIAL_RELEASE_URL = 'https://github.com/iVMCL/PaCaViT/releases/download/pacavit/'
 
-# timm model name -> (PaCaViTClassifier arguments, official ImageNet-1k checkpoint file or None).
-PACA_TIMM_VARIANTS: dict[str, tuple[dict, Optional[str]]] = {
-    'paca_tiny': (dict(arch='tiny', drop_path_rate=0.1), 'IMNET_224_pacavit_tiny_p2cconv_100_0.pth'),
-    'paca_small': (dict(arch='small', drop_path_rate=0.1), 'IMNET_224_pacavit_small_p2cconv_100_0.pth'),
-    'paca_base': (dict(arch='base', drop_path_rate=0.5), 'IMNET_224_pacavit_base_p2cconv_100_0.pth'),
-    'paca_small_mlp': (dict(arch='small', clustering='mlp', drop_path_rate=0.1),
-                       'IMNET_224_pacavit_small_p2cmlp_100_0.pth'),
-    'paca_tiny_teacher': (dict(arch='tiny_teacher', drop_path_rate=0.1), None),
-    'paca_small_teacher': (dict(arch='small_teacher', drop_path_rate=0.1), 'IMNET_224_pacavit_convmixer_small_100.pth'),
-    'paca_base_teacher': (dict(arch='base_teacher', drop_path_rate=0.1), 'IMNET_224_pacavit_convmixer_base_100.pth'),
-}
 
-
-def _pretrained_cfg(filename: Optional[str]) -> dict:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+def _cfg(filename: Optional[str] = None, **kwargs) -> dict:
     return dict(url=OFFICIAL_RELEASE_URL + filename if filename else '', num_classes=1000,
                 input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9, interpolation='bicubic',
                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv='patch_embed.proj.0',
-                classifier='head', license='unknown (official PaCa-ViT release)')
+                classifier='head', license='unknown (official PaCa-ViT release)', **kwargs)
 
 
-def _timm_default_cfgs() -> dict:
-    from timm.models import generate_default_cfgs
-    return generate_default_cfgs({
-        f'{name}.in1k' if filename else name: _pretrained_cfg(filename)
-        for name, (_, filename) in PACA_TIMM_VARIANTS.items()
-    })
+default_cfgs = generate_default_cfgs({  # read by timm's register_model
+    'paca_tiny.in1k': _cfg('IMNET_224_pacavit_tiny_p2cconv_100_0.pth'),
+    'paca_small.in1k': _cfg('IMNET_224_pacavit_small_p2cconv_100_0.pth'),
+    'paca_base.in1k': _cfg('IMNET_224_pacavit_base_p2cconv_100_0.pth'),
+    'paca_small_mlp.in1k': _cfg('IMNET_224_pacavit_small_p2cmlp_100_0.pth'),
+    'paca_tiny_teacher': _cfg(),
+    'paca_small_teacher.in1k': _cfg('IMNET_224_pacavit_convmixer_small_100.pth'),
+    'paca_base_teacher.in1k': _cfg('IMNET_224_pacavit_convmixer_base_100.pth'),
+})
 
 
-default_cfgs = _timm_default_cfgs()  # read by timm's register_model
+def _create_paca(variant: str, pretrained: bool, defaults: dict, **kwargs) -> PaCaViTClassifier:
+    return create_timm_model(PaCaViTClassifier, variant, pretrained, 'paca_vit', **dict(defaults, **kwargs))
 
 
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """timm ``pretrained_filter_fn``: unwrap the checkpoint and map official keys onto ours."""
-    from mmcluster.utils.checkpoint import extract_state_dict
-    return convert_official_state_dict(extract_state_dict(state_dict))
+@register_model
+def paca_tiny(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Tiny: conv clustering, 100 clusters in stages 1-3, full attention in stage 4."""
+    return _create_paca('paca_tiny', pretrained, dict(arch='tiny', drop_path_rate=0.1), **kwargs)
 
 
-def _create_paca(variant: str, pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
-    from timm.models import build_model_with_cfg
-    return build_model_with_cfg(PaCaViTClassifier, variant, pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn,
-                                **dict(PACA_TIMM_VARIANTS[variant][0], **kwargs))
+@register_model
+def paca_small(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Small: conv clustering, 100 clusters in stages 1-3, full attention in stage 4."""
+    return _create_paca('paca_small', pretrained, dict(arch='small', drop_path_rate=0.1), **kwargs)
 
 
-def _register_timm_models() -> None:
-    from timm.models import register_model
-
-    def entrypoint(variant: str):
-        def create(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
-            return _create_paca(variant, pretrained, **kwargs)
-        create.__name__ = create.__qualname__ = variant
-        create.__module__ = __name__
-        create.__doc__ = f'{variant}: PaCa-ViT classifier, {PACA_TIMM_VARIANTS[variant][0]}.'
-        return create
-
-    for variant in PACA_TIMM_VARIANTS:
-        register_model(entrypoint(variant))
+@register_model
+def paca_base(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Base: conv clustering, 100 clusters in stages 1-3, full attention in stage 4."""
+    return _create_paca('paca_base', pretrained, dict(arch='base', drop_path_rate=0.5), **kwargs)
 
 
-_register_timm_models()
+@register_model
+def paca_small_mlp(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Small with MLP clustering (Eqn. 6)."""
+    return _create_paca('paca_small_mlp', pretrained, dict(arch='small', clustering='mlp', drop_path_rate=0.1),
+                        **kwargs)
+
+
+@register_model
+def paca_tiny_teacher(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Tiny with the external ConvMixer clustering teacher (Fig. 4), 100 clusters in every stage."""
+    return _create_paca('paca_tiny_teacher', pretrained, dict(arch='tiny_teacher', drop_path_rate=0.1), **kwargs)
+
+
+@register_model
+def paca_small_teacher(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Small with the external ConvMixer clustering teacher (Fig. 4), 100 clusters in every stage."""
+    return _create_paca('paca_small_teacher', pretrained, dict(arch='small_teacher', drop_path_rate=0.1), **kwargs)
+
+
+@register_model
+def paca_base_teacher(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
+    """PaCa-Base with the external ConvMixer clustering teacher (Fig. 4), 100 clusters in every stage."""
+    return _create_paca('paca_base_teacher', pretrained, dict(arch='base_teacher', drop_path_rate=0.1), **kwargs)

@@ -1,8 +1,6 @@
 """The PaCa segmentation head (PaCa-ViT paper, Sec. 3.4, Fig. 5, Eqns. 9-14)."""
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -16,7 +14,8 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, SampleList
 
-from ..layers import soft_assignment
+from ..backbones.base import check_int
+from ..layers import SoftAssignment, pool_clusters
 
 
 class ClusterTokenProjection(nn.Module):
@@ -67,6 +66,9 @@ class PaCaHead(BaseDecodeHead):
         if kwargs.setdefault('input_transform', 'multiple_select') != 'multiple_select':
             raise ValueError(f"PaCaHead fuses all levels: input_transform must be 'multiple_select', "
                              f"got {kwargs['input_transform']!r}")
+        for name in ('channels', 'num_classes'):
+            if name in kwargs:
+                check_int(name, kwargs[name], 1)
         super().__init__(**kwargs)
         if not isinstance(self.in_channels, Sequence) or len(self.in_channels) < 1:
             raise ValueError(f'in_channels must list the channels of every input level, got {self.in_channels}')
@@ -82,6 +84,7 @@ class PaCaHead(BaseDecodeHead):
         self.query = conv1x1(fused)
         self.cluster_embed = conv1x1(fused)
         self.to_clusters = nn.Conv2d(self.channels, self.num_classes, 1)
+        self.assign = SoftAssignment()
         self.key = ClusterTokenProjection(fused, self.channels, self.norm_cfg, self.act_cfg)
         self.value = ClusterTokenProjection(fused, self.channels, self.norm_cfg, self.act_cfg)
         self.proj = conv1x1(self.channels)
@@ -96,9 +99,9 @@ class PaCaHead(BaseDecodeHead):
             for conv, x in zip(self.convs, feats)
         ], dim=1)
         cluster_logits = self.to_clusters(self.cluster_embed(fused))
-        assignment = soft_assignment(cluster_logits.flatten(2))  # (B, K, N), softmax over N
+        assignment = self.assign(cluster_logits.flatten(2))  # (B, K, N), softmax over N
         tokens = rearrange(fused, 'b c h w -> b (h w) c')
-        clusters = torch.matmul(assignment.to(tokens.dtype), tokens)  # (B, K, 4D), Eqn. 11
+        clusters = pool_clusters(assignment, tokens)  # (B, K, 4D), Eqn. 11, in fp32 under autocast
         query = rearrange(self.query(fused), 'b c h w -> b 1 (h w) c')
         key = self.key(clusters).unsqueeze(1)
         value = self.value(clusters).unsqueeze(1)
@@ -119,32 +122,3 @@ class PaCaHead(BaseDecodeHead):
                                                                 ignore_index=self.ignore_index)
         losses['acc_cluster'] = accuracy(cluster_logits, seg_label, ignore_index=self.ignore_index)
         return losses
-
-
-_OFFICIAL_HEAD_RULES = [
-    (r'^q\.0\.', 'query.'),
-    (r'^clustering\.0\.', 'cluster_embed.'),
-    (r'^clustering\.1\.', 'to_clusters.'),
-    (r'^k\.0\.', 'key.linear.'),
-    (r'^k\.2\.', 'key.norm.'),
-    (r'^v\.0\.', 'value.linear.'),
-    (r'^v\.2\.', 'value.norm.'),
-    (r'^(convs\.\d+\.(conv|bn)\.|proj\.(conv|bn)\.|conv_seg\.)', r'\1'),
-]
-
-
-def convert_official_head_state_dict(state_dict: dict) -> 'OrderedDict[str, torch.Tensor]':
-    """Map the official ``PaCaSegHead`` keys (spec §5; without the ``decode_head.`` prefix) onto :class:`PaCaHead`.
-
-    Raises KeyError on a key that matches no rule.
-    """
-    converted = OrderedDict()
-    for key, value in state_dict.items():
-        for pattern, replacement in _OFFICIAL_HEAD_RULES:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                converted[new_key] = value
-                break
-        else:
-            raise KeyError(f'unexpected key in an official PaCa head state dict: {key}')
-    return converted
