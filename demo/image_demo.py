@@ -3,21 +3,48 @@
     python demo/image_demo.py IMAGE CONFIG CHECKPOINT --out-file result.jpg [--score-thr 0.3] [--device cuda:0]
 
 Detectors are drawn with mmdet's DetLocalVisualizer (boxes, masks, class names, scores), segmentors with
-mmseg's SegLocalVisualizer (the class map blended over the image). Checkpoints load with
-``weights_only=True``.
+mmseg's SegLocalVisualizer (the class map blended over the image). CHECKPOINT (a file or URL) loads with
+``weights_only=True`` and must fit the config's model exactly: a checkpoint of another model stops with the
+list of keys that do not fit. IMAGE must be a file that OpenCV reads.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmcv
 
-import mmcv  # noqa: E402
+import mmcluster  # noqa: F401
+from mmcluster.apis import build_model, load_config
+from mmcluster.utils.checkpoint import CheckpointError
 
-import mmcluster  # noqa: E402,F401
-from mmcluster.apis import load_config  # noqa: E402
+
+class ImageFileError(ValueError):
+    """The image file cannot be decoded."""
+
+
+def read_image(path: str):
+    """The image as BGR uint8; FileNotFoundError / ImageFileError naming ``path`` otherwise."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'image {path} does not exist')
+    image = mmcv.imread(path)
+    if image is None:
+        raise ImageFileError(f'{path} is not an image that OpenCV can read')
+    return image
+
+
+def dataset_meta(model, cfg) -> dict:
+    """Class names and palette: the checkpoint's (what it was trained on), completed from the config's test
+    dataset (as mmdet's init_detector does)."""
+    from mmengine.registry import DATASETS
+    meta = dict(getattr(model, 'dataset_meta', None) or {})
+    dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+    dataset_cfg['lazy_init'] = True  # the metainfo only: no annotation file is read
+    for key, value in DATASETS.build(dataset_cfg).metainfo.items():
+        meta.setdefault(key, value)
+    return meta
 
 
 def main(argv=None):
@@ -31,13 +58,13 @@ def main(argv=None):
     parser.add_argument('--opacity', type=float, default=0.5, help='segmentors: opacity of the class map')
     args = parser.parse_args(argv)
 
+    image = read_image(args.image)
     cfg = load_config(args.config)
-    cfg.model.backbone.init_cfg = None
-    image = mmcv.imread(args.image)
+    model = build_model(cfg, args.checkpoint, args.device)
+    model.dataset_meta = dataset_meta(model, cfg)
     if cfg.default_scope == 'mmdet':
-        from mmdet.apis import inference_detector, init_detector
+        from mmdet.apis import inference_detector
         from mmdet.registry import VISUALIZERS
-        model = init_detector(cfg, args.checkpoint, device=args.device)
         result = inference_detector(model, image)
         visualizer = VISUALIZERS.build(dict(type='DetLocalVisualizer', name='mmcluster_demo'))
         visualizer.dataset_meta = model.dataset_meta
@@ -46,9 +73,8 @@ def main(argv=None):
         kept = int((result.pred_instances.scores >= args.score_thr).sum())
         print(f'{kept} objects with score >= {args.score_thr}; drawn into {args.out_file}')
     else:
-        from mmseg.apis import inference_model, init_model
+        from mmseg.apis import inference_model
         from mmseg.registry import VISUALIZERS
-        model = init_model(cfg, args.checkpoint, device=args.device)
         result = inference_model(model, image)
         visualizer = VISUALIZERS.build(dict(type='SegLocalVisualizer', name='mmcluster_demo', alpha=args.opacity))
         visualizer.dataset_meta = model.dataset_meta
@@ -61,4 +87,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (CheckpointError, FileNotFoundError, ImageFileError) as error:  # messages that say it all: no traceback
+        sys.exit(f'{sys.argv[0]}: error: {error}')

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -11,7 +12,6 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import load_checkpoint
 from mmengine.utils import import_modules_from_strings
 
 
@@ -28,14 +28,25 @@ def load_config(config: str | Config, cfg_options: Optional[dict] = None) -> Con
 
 
 def build_model(cfg: Config, checkpoint: Optional[str] = None, device: str = 'cpu') -> nn.Module:
-    """The config's model in eval mode, with ``checkpoint`` loaded (no pretrained download of the backbone)."""
+    """The config's model in eval mode, with ``checkpoint`` loaded (no pretrained download of the backbone).
+
+    ``checkpoint`` (a path, URL or mmengine scheme) is read by
+    :func:`~mmcluster.utils.checkpoint.load_checkpoint_file` (``weights_only=True``) and must fit the model
+    exactly: otherwise :class:`~mmcluster.utils.checkpoint.CheckpointMismatchError` lists the shape
+    mismatches, missing and unexpected keys (a checkpoint of another model would otherwise leave the model
+    half-initialised and draw nonsense)."""
+    from mmcluster.utils.checkpoint import check_checkpoint_fits, load_checkpoint_file
+
     model_cfg = copy.deepcopy(cfg.model)
     if checkpoint is not None and 'backbone' in model_cfg:
         model_cfg.backbone.init_cfg = None
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        checkpoint_data = load_checkpoint(model, checkpoint, map_location='cpu')
-        meta = checkpoint_data.get('meta', {}) if isinstance(checkpoint_data, dict) else {}
+        checkpoint_data = load_checkpoint_file(checkpoint, map_location='cpu',
+                                               hint='Pass the path of a local copy as the checkpoint instead.')
+        state_dict = check_checkpoint_fits(model, checkpoint_data, str(checkpoint))
+        model.load_state_dict(state_dict, strict=False)  # fits: at most BatchNorm's num_batches_tracked are absent
+        meta = checkpoint_data.get('meta', {})
         if 'dataset_meta' in meta:
             model.dataset_meta = meta['dataset_meta']
     else:
@@ -69,7 +80,14 @@ def test_pipeline(cfg: Config) -> Compose:
 
 
 def prepare_image(model: nn.Module, image_path: str) -> tuple[torch.Tensor, np.ndarray]:
-    """The normalised, padded network input (1, 3, H, W) for an image file, and the same image as RGB uint8."""
+    """The normalised, padded network input (1, 3, H, W) for an image file, and the same image as RGB uint8.
+
+    Raises FileNotFoundError or ValueError naming ``image_path`` when it does not exist or is not an image."""
+    import mmcv
+    if not os.path.isfile(image_path):
+        raise FileNotFoundError(f'image {image_path} does not exist')
+    if mmcv.imread(image_path) is None:
+        raise ValueError(f'{image_path} is not an image that OpenCV can read')
     packed = test_pipeline(model.cfg)(dict(img_path=image_path, img_id=0))
     batch = model.data_preprocessor(pseudo_collate([packed]), False)
     inputs = batch['inputs']

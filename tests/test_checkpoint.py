@@ -8,8 +8,12 @@ import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from mmcluster.models.backbones.paca_vit import PaCaViT, PaCaViTClassifier, convert_official_state_dict
-from mmcluster.models.decode_heads.paca_head import convert_official_head_state_dict
+from mmcluster.models.backbones.paca_vit import (
+    PaCaViT,
+    PaCaViTClassifier,
+    convert_official_head_state_dict,
+    convert_official_state_dict,
+)
 from mmcluster.utils.checkpoint import load_pretrained
 
 from .official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
@@ -45,7 +49,8 @@ def test_every_official_key_converts_onto_the_model(arch, official_kwargs, kwarg
     first_block = 'stages.0.blocks.0.attn.clustering'
     if 'teacher' in arch:
         assert torch.equal(model.teacher.to_clusters['0'].weight, official['paca_teacher.to_clusters1.weight'])
-        assert torch.equal(model.teacher.downsamples[0].conv.conv.weight, official['paca_teacher.transition1.0.conv.weight'])
+        assert torch.equal(model.teacher.downsamples[0].conv.conv.weight,
+                           official['paca_teacher.transition1.0.conv.weight'])
     elif kwargs.get('clustering') == 'mlp':
         assert torch.equal(model.get_parameter(f'{first_block}.to_clusters.weight'),
                            official['stage1.0.attn.clustering.clustering.2.weight'])

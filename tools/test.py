@@ -3,8 +3,12 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--cfg-options k=v ...]
     tools/dist_test.sh CONFIG CHECKPOINT NUM_GPUS [args]
 
-Checkpoints are loaded with ``weights_only=True`` (see mmcluster.utils.checkpoint); ``--launcher pytorch``
-also works on machines without GPUs.
+CHECKPOINT is a local file, an http(s) URL (downloaded to torch hub's cache) or an mmengine scheme such as
+``open-mmlab://``; it is loaded with ``weights_only=True`` (see mmcluster.utils.checkpoint) and must fit
+the config's model exactly: shape mismatches, missing and unexpected keys stop the run with their list
+(mmengine's own loading only warns and evaluates a half-loaded model). ``--launcher pytorch`` also works on
+machines without GPUs. mmcluster is imported as the installed package (``tools/setup_env.sh`` installs it
+editable in .venv).
 """
 from __future__ import annotations
 
@@ -14,13 +18,30 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import Config, DictAction
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+import mmcluster  # noqa: F401  (registers models, makes checkpoint loading safe)
+from mmcluster.utils.checkpoint import CheckpointError, check_checkpoint_fits
+from mmcluster.utils.launch import load_run_config, setup_cpu_distributed
 
-import mmcluster  # noqa: E402,F401
-from mmcluster.utils.launch import load_run_config, setup_cpu_distributed  # noqa: E402
+
+class StrictCheckpointHook(Hook):
+    """Stops the run when the checkpoint that the Runner loads does not fit the model exactly.
+
+    Runs in ``after_load_checkpoint``, which the Runner calls with the loaded checkpoint before copying it
+    into the model (mmengine's ``load_state_dict(strict=False)``, which only warns), and on every rank."""
+
+    priority = 'LOWEST'  # after hooks that rewrite the checkpoint (e.g. EMAHook)
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        check_checkpoint_fits(model, checkpoint, self.source)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,9 +80,13 @@ def main(argv=None) -> None:
         enable_visualization(cfg, args.show_dir)
     setup_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
+    runner.register_hook(StrictCheckpointHook(args.checkpoint), priority='LOWEST')
     metrics = runner.test()
     print('metrics:', json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (CheckpointError, FileNotFoundError) as error:  # messages that say it all: no traceback
+        sys.exit(f'{sys.argv[0]}: error: {error}')
