@@ -1,5 +1,9 @@
 # The two commands of the README. Each sets up .venv first (tools/setup_env.sh; seconds when done).
-.PHONY: demo test setup
+# `make lint` (also the first step of `make test`): ruff (lint and format check) and codespell, configured
+# in pyproject.toml; .pre-commit-config.yaml runs the same on commit.
+.PHONY: demo test setup lint
+
+VENV_BIN := .venv/bin
 
 setup:
 	bash tools/setup_env.sh
@@ -7,5 +11,10 @@ setup:
 demo: setup
 	bash tools/run_demo.sh
 
-test: setup
-	.venv/bin/python -m pytest tests -q
+lint: setup
+	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/ruff format --check .
+	$(VENV_BIN)/codespell
+
+test: lint
+	$(VENV_BIN)/python -m pytest tests -q

@@ -14,8 +14,10 @@ from .version import __version__
 
 if installed('mmengine'):
     from .utils.checkpoint import install_safe_checkpoint_loading
+    from .utils.mim import register_mim_package
 
     install_safe_checkpoint_loading()
+    register_mim_package()
     hook_into_registries()
 
 __all__ = ['__version__']

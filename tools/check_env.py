@@ -1,15 +1,17 @@
 """Check that this Python environment holds mmcluster's pinned stack and that mmcv's compiled ops work.
 
-    python tools/check_env.py              # versions against requirements/pins.txt, mmcv ops, mmcluster
+    python tools/check_env.py              # versions against requirements/pins.txt, mmcv ops, mmcluster (and its .mim)
     python tools/check_env.py --mmcv-only  # only: mmcv imports and its RoIAlign / nms ops run
 
 Exits non-zero and says what is wrong otherwise. Used by tools/setup_env.sh to accept or reject a
 cached mmcv wheel.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,9 +19,18 @@ from pathlib import Path
 PINS = Path(__file__).resolve().parents[1] / 'requirements' / 'pins.txt'
 # distribution name -> module to import
 MODULES = {
-    'torch': 'torch', 'torchvision': 'torchvision', 'mmengine': 'mmengine', 'mmcv': 'mmcv',
-    'mmdet': 'mmdet', 'mmsegmentation': 'mmseg', 'timm': 'timm', 'einops': 'einops',
-    'pycocotools': 'pycocotools.coco', 'ftfy': 'ftfy', 'regex': 'regex', 'matplotlib': 'matplotlib',
+    'torch': 'torch',
+    'torchvision': 'torchvision',
+    'mmengine': 'mmengine',
+    'mmcv': 'mmcv',
+    'mmdet': 'mmdet',
+    'mmsegmentation': 'mmseg',
+    'timm': 'timm',
+    'einops': 'einops',
+    'pycocotools': 'pycocotools.coco',
+    'ftfy': 'ftfy',
+    'regex': 'regex',
+    'matplotlib': 'matplotlib',
 }
 
 
@@ -38,16 +49,28 @@ def check_mmcv_ops() -> None:
 
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for device in devices:
-        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]], device=device)
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], device=device)
         scores = torch.tensor([0.9, 0.8, 0.7], device=device)
         _, keep = nms(boxes, scores, iou_threshold=0.5)
         if keep.tolist() != [0, 2]:
             raise RuntimeError(f'mmcv nms on {device} kept {keep.tolist()}, expected [0, 2]')
-        feats = torch.arange(16., device=device).view(1, 1, 4, 4)
-        rois = torch.tensor([[0., 0., 0., 4., 4.]], device=device)
+        feats = torch.arange(16.0, device=device).view(1, 1, 4, 4)
+        rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device=device)
         out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(feats, rois)
         if out.shape != (1, 1, 2, 2) or not torch.isfinite(out).all():
             raise RuntimeError(f'mmcv RoIAlign on {device} returned {out}')
+
+
+def check_mim(quiet: bool) -> list:
+    """The installed mmcluster has .mim/configs and .mim/model-index.yml (`mmcluster::` config paths)."""
+    from mmcluster.utils.mim import mim_dir
+
+    missing = [name for name in ('configs', 'model-index.yml') if not os.path.exists(os.path.join(mim_dir(), name))]
+    if missing:
+        return [f'{mim_dir()} lacks {", ".join(missing)}, which mmcluster:: config paths need (reinstall mmcluster)']
+    if not quiet:
+        print(f'mmcluster .mim   {mim_dir()} -> {os.path.realpath(os.path.join(mim_dir(), "configs"))}')
+    return []
 
 
 def main() -> int:
@@ -77,6 +100,8 @@ def main() -> int:
             import mmcluster  # noqa: F401
         except Exception as exc:  # noqa: BLE001
             problems.append(f'import mmcluster failed: {exc!r}')
+        else:
+            problems += check_mim(args.quiet)
     try:
         check_mmcv_ops()
         if not args.quiet:

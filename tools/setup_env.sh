@@ -43,7 +43,8 @@ pins_except() {
 }
 
 stamp_key() {
-  cat "$PINS" "$ROOT/tools/setup_env.sh" "$ROOT/tools/check_env.py" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  cat "$PINS" "$ROOT/tools/setup_env.sh" "$ROOT/tools/check_env.py" "$ROOT/pyproject.toml" "$ROOT/setup.py" |
+    sha256sum | cut -d' ' -f1
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ else
   fi
 fi
 
-# 4. mmcluster itself, editable.
+# 4. mmcluster itself, editable (metadata in pyproject.toml; setup.py links mmcluster/.mim/{configs,
+#    model-index.yml} to the checkout, which `mmcluster::` config paths resolve through).
 log "installing mmcluster (editable)"
 pip_install -q --no-deps --no-build-isolation -e "$ROOT"
 

@@ -17,9 +17,11 @@ model = dict(
         bbox_roi_extractor=dict(out_channels=neck_channels),
         bbox_head=dict(in_channels=neck_channels, fc_out_channels=256, num_classes=3),
         mask_roi_extractor=dict(out_channels=neck_channels),
-        mask_head=dict(in_channels=neck_channels, conv_out_channels=neck_channels, num_classes=3)),
+        mask_head=dict(in_channels=neck_channels, conv_out_channels=neck_channels, num_classes=3),
+    ),
     train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=64))),
-    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -38,15 +40,27 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=0,  # on 2 cores a loader process only competes with training
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True, min_size=8),
-                 pipeline=train_pipeline))
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=8),
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=4,
     num_workers=0,  # on 2 cores a loader process only competes with training
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img='val/'), pipeline=test_pipeline))
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator

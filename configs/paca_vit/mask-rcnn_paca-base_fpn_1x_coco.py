@@ -2,6 +2,11 @@
 _base_ = './mask-rcnn_paca-tiny_fpn_1x_coco.py'
 
 model = dict(
-    backbone=dict(arch='base', init_cfg=dict(checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_base_p2cconv_100_0.pth')),
+    backbone=dict(
+        arch='base',
+        init_cfg=dict(
+            checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_base_p2cconv_100_0.pth'
+        ),
+    ),
     neck=dict(in_channels=[96, 192, 384, 512]),
 )

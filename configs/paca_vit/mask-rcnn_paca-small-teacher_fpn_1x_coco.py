@@ -1,6 +1,12 @@
-# Mask R-CNN 1x, PaCa-Small with the ConvMixer clustering teacher backbone, COCO (PaCa-ViT paper Tables 2 and 4).
+# Mask R-CNN 1x, PaCa-Small with the ConvMixer clustering teacher backbone, COCO (PaCa-ViT paper Tables 2 and
+# 4).
 _base_ = './mask-rcnn_paca-tiny_fpn_1x_coco.py'
 
 model = dict(
-    backbone=dict(arch='small_teacher', init_cfg=dict(checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_convmixer_small_100.pth')),
+    backbone=dict(
+        arch='small_teacher',
+        init_cfg=dict(
+            checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_convmixer_small_100.pth'
+        ),
+    ),
 )

@@ -2,5 +2,10 @@
 _base_ = './mask-rcnn_paca-tiny_fpn_1x_coco.py'
 
 model = dict(
-    backbone=dict(arch='small', init_cfg=dict(checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_100_0.pth')),
+    backbone=dict(
+        arch='small',
+        init_cfg=dict(
+            checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_100_0.pth'
+        ),
+    ),
 )

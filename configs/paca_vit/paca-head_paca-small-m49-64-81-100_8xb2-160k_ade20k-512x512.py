@@ -1,7 +1,15 @@
-# PaCa segmentation head 160k (PaCa-ViT paper Table 4), PaCa-Small (clusters (49, 64, 81, 100), stage-wise on ImageNet) backbone, ADE20K 512x512. Downstream every clustered stage has 200 clusters (paper Table 4 caption).
+# PaCa segmentation head 160k (PaCa-ViT paper Table 4), PaCa-Small (clusters (49, 64, 81, 100), stage-wise on
+# ImageNet) backbone, ADE20K 512x512. Downstream every clustered stage has 200 clusters (paper Table 4
+# caption).
 _base_ = './paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py'
 
 model = dict(
-    backbone=dict(arch='small', num_clusters=(200, 200, 200, 200), drop_path_rate=0.1,
-                  init_cfg=dict(checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_49_100.pth')),
+    backbone=dict(
+        arch='small',
+        num_clusters=(200, 200, 200, 200),
+        drop_path_rate=0.1,
+        init_cfg=dict(
+            checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_small_p2cconv_49_100.pth'
+        ),
+    ),
 )

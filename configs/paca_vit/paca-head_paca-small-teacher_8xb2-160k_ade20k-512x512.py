@@ -1,7 +1,14 @@
-# PaCa segmentation head 160k (PaCa-ViT paper Table 3), PaCa-Small with the ConvMixer clustering teacher backbone, ADE20K 512x512.
+# PaCa segmentation head 160k (PaCa-ViT paper Table 3), PaCa-Small with the ConvMixer clustering teacher
+# backbone, ADE20K 512x512.
 _base_ = './paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py'
 
 model = dict(
-    backbone=dict(arch='small_teacher', num_clusters=(200, 200, 200, 200), drop_path_rate=0.1,
-                  init_cfg=dict(checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_convmixer_small_100.pth')),
+    backbone=dict(
+        arch='small_teacher',
+        num_clusters=(200, 200, 200, 200),
+        drop_path_rate=0.1,
+        init_cfg=dict(
+            checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_convmixer_small_100.pth'
+        ),
+    ),
 )

@@ -2,8 +2,14 @@
 _base_ = './upernet_paca-tiny_8xb2-160k_ade20k-512x512.py'
 
 model = dict(
-    backbone=dict(arch='base', num_clusters=(200, 200, 200, 0), drop_path_rate=0.5,
-                  init_cfg=dict(checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_base_p2cconv_100_0.pth')),
+    backbone=dict(
+        arch='base',
+        num_clusters=(200, 200, 200, 0),
+        drop_path_rate=0.5,
+        init_cfg=dict(
+            checkpoint='https://github.com/iVMCL/PaCaViT/releases/download/pacavit/IMNET_224_pacavit_base_p2cconv_100_0.pth'
+        ),
+    ),
     decode_head=dict(in_channels=[96, 192, 384, 512]),
     auxiliary_head=dict(in_channels=384),
 )
