@@ -19,5 +19,6 @@ if installed('mmengine'):
     install_safe_checkpoint_loading()
     register_mim_package()
     hook_into_registries()
+    from . import engine  # noqa: F401,E402  (registers RNGStateHook in mmengine's HOOKS)
 
 __all__ = ['__version__']

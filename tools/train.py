@@ -6,22 +6,25 @@
 Differences from mmdet/mmseg's own tools/train.py:
 * ``--resume`` works with torch >= 2.6 (mmengine 0.10.7 fails with UnpicklingError there): mmcluster
   loads checkpoints with ``weights_only=True`` and an allow-list of what mmengine checkpoints hold.
+* ``--resume`` is exact: RNGStateHook (added to ``custom_hooks``) saves the random generator states in
+  every checkpoint and restores them, so that a resumed run equals the uninterrupted one.
+* ``--resume`` in a work dir without checkpoints says so and trains from scratch.
 * ``--launcher pytorch`` works on machines without GPUs (gloo; SyncBN is replaced by BN).
+
+mmcluster is imported as the installed package (``tools/setup_env.sh`` installs it editable in .venv).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import os.path as osp
-import sys
+from typing import Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-import mmcluster  # noqa: E402,F401  (registers models, makes checkpoint loading safe)
-from mmcluster.utils.launch import AMP_DTYPES, enable_amp, load_run_config, setup_cpu_distributed  # noqa: E402
+import mmcluster  # noqa: F401  (registers models, makes checkpoint loading safe)
+from mmcluster.utils.launch import AMP_DTYPES, enable_amp, load_run_config, resolve_auto_resume, setup_cpu_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
+    cfg, _ = build_config_and_notes(args)
+    return cfg
+
+
+def build_config_and_notes(args: argparse.Namespace) -> tuple[Config, Optional[str]]:
+    """The run's config, and a message to log once the runner exists (``--resume`` found nothing)."""
     cfg = load_run_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     if args.amp:
         enable_amp(cfg, args.amp_dtype)
@@ -54,25 +63,29 @@ def build_config(args: argparse.Namespace) -> Config:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
+    note = None
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
+        note = resolve_auto_resume(cfg)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint {args.resume} does not exist')
         cfg.resume = True
         cfg.load_from = args.resume
     setup_cpu_distributed(cfg, args.launcher)
-    return cfg
+    return cfg, note
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = build_config(args)
+    cfg, note = build_config_and_notes(args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else None
     if runner is None:
         from mmengine.registry import RUNNERS
         runner = RUNNERS.build(cfg)
+    if note:
+        runner.logger.warning(note)
     runner.train()
 
 

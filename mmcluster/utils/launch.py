@@ -9,12 +9,16 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from .. import engine  # noqa: F401  (registers RNGStateHook)
+
 AMP_DTYPES = ('float16', 'bfloat16')
+RNG_STATE_HOOK = 'RNGStateHook'
 
 
 def load_run_config(config: str, cfg_options: Optional[dict], launcher: str, work_dir: Optional[str]) -> Config:
     """The config of a tools/train.py or tools/test.py run: ``--cfg-options`` merged, the launcher recorded,
-    and the work dir set (default ``./work_dirs/<config name>``)."""
+    the work dir set (default ``./work_dirs/<config name>``), and :class:`~mmcluster.engine.RNGStateHook`
+    in ``custom_hooks`` (for an exact ``--resume``)."""
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -23,7 +27,37 @@ def load_run_config(config: str, cfg_options: Optional[dict], launcher: str, wor
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = os.path.join('./work_dirs', os.path.splitext(os.path.basename(config))[0])
+    add_rng_state_hook(cfg)
     return cfg
+
+
+def add_rng_state_hook(cfg: Config) -> bool:
+    """Append ``dict(type='RNGStateHook')`` to ``cfg.custom_hooks`` unless it is there (under any scope
+    prefix); returns whether it was added."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    for hook in hooks:
+        kind = hook.get('type') if isinstance(hook, dict) else hook
+        name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+        if name.split('.')[-1] == RNG_STATE_HOOK:
+            return False
+    hooks.append(dict(type=RNG_STATE_HOOK))
+    cfg.custom_hooks = hooks
+    return True
+
+
+def resolve_auto_resume(cfg: Config) -> Optional[str]:
+    """``--resume`` without a checkpoint (``cfg.resume`` true, ``cfg.load_from`` None) resumes from the
+    checkpoint named in ``WORK_DIR/last_checkpoint`` (mmengine's ``find_latest_checkpoint``). When that
+    file does not exist, this switches resuming off (mmengine would log "Auto resumed from the latest
+    checkpoint None" and start from scratch) and returns a message saying so, for the caller to log once
+    the runner's logger exists. Returns None otherwise."""
+    if not cfg.get('resume') or cfg.get('load_from') is not None:
+        return None
+    if os.path.isfile(os.path.join(cfg.work_dir, 'last_checkpoint')):  # what mmengine's find_latest_checkpoint reads
+        return None
+    cfg.resume = False
+    return (f'--resume: no checkpoint found in {cfg.work_dir} (no last_checkpoint file naming one); '
+            'training starts from scratch')
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
