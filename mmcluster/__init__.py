@@ -8,6 +8,7 @@ timm and einops only. Where the OpenMMLab stack is installed it also
 * lets configs inherit ours as ``_base_ = ['mmcluster::...']`` (see :mod:`mmcluster.utils.mim`),
 * registers its mmengine hooks (see :mod:`mmcluster.engine`).
 """
+
 from . import models  # noqa: F401  (registers the timm models)
 from .registry import hook_into_registries, installed
 from .version import __version__

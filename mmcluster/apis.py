@@ -1,4 +1,5 @@
 """Building an mmdet/mmseg model from a config and checkpoint, and preparing its inputs, for the tools."""
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None, device: str = 'cp
         model_cfg.backbone.init_cfg = None
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        checkpoint_data = load_checkpoint_file(checkpoint, map_location='cpu',
-                                               hint='Pass the path of a local copy as the checkpoint instead.')
+        checkpoint_data = load_checkpoint_file(
+            checkpoint, map_location='cpu', hint='Pass the path of a local copy as the checkpoint instead.'
+        )
         state_dict = check_checkpoint_fits(model, checkpoint_data, str(checkpoint))
         model.load_state_dict(state_dict, strict=False)  # fits: at most BatchNorm's num_batches_tracked are absent
         meta = checkpoint_data.get('meta', {})
@@ -66,10 +68,16 @@ def tensor_forward(model: nn.Module, default_scope: str):
 
     def forward(images: torch.Tensor):
         shape = tuple(images.shape[-2:])
-        samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
-                                               batch_input_shape=shape, scale_factor=(1.0, 1.0)))
-                   for _ in range(images.shape[0])]
+        samples = [
+            DetDataSample(
+                metainfo=dict(
+                    img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape, scale_factor=(1.0, 1.0)
+                )
+            )
+            for _ in range(images.shape[0])
+        ]
         return model(images, samples, mode='tensor')
+
     return forward
 
 
@@ -84,6 +92,7 @@ def prepare_image(model: nn.Module, image_path: str) -> tuple[torch.Tensor, np.n
 
     Raises FileNotFoundError or ValueError naming ``image_path`` when it does not exist or is not an image."""
     import mmcv
+
     if not os.path.isfile(image_path):
         raise FileNotFoundError(f'image {image_path} does not exist')
     if mmcv.imread(image_path) is None:

@@ -8,6 +8,7 @@ after its own models. A registry that was already used imports ours at once.
 * ``mmcluster.models.register_mmdet``: the backbones, in mmdet's MODELS;
 * ``mmcluster.models.register_mmseg``: the backbones and decode heads, in mmseg's MODELS.
 """
+
 from __future__ import annotations
 
 import importlib

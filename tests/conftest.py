@@ -20,6 +20,7 @@ def repo_root() -> Path:
 def shapes_root(tmp_path_factory) -> Path:
     """A small copy of the bundled shapes dataset (both formats)."""
     from mmcluster.datasets import ShapesSpec, make_shapes_dataset
+
     return make_shapes_dataset(tmp_path_factory.mktemp('shapes'), ShapesSpec(num_train=16, num_val=8))
 
 
@@ -29,6 +30,7 @@ def isolated_default_scope():
     process-wide and ``Registry.build`` follows it, so restore it after each
     test (otherwise an mmseg build in a later test is routed to mmdet's registry)."""
     from mmengine.registry import DefaultScope
+
     saved = dict(DefaultScope._instance_dict)
     yield
     DefaultScope._instance_dict.clear()

@@ -1,5 +1,6 @@
 """Official PaCa-ViT state-dict layouts, written out from the spec's key tables (spec §2.11, §4, §5) and
 independent of mmcluster's modules, to test the converters against."""
+
 from collections import OrderedDict
 
 import torch
@@ -16,8 +17,13 @@ TEACHER_DEPTHS = {'tiny_teacher': (2, 2, 2, 2), 'small_teacher': (2, 2, 2, 2), '
 
 
 def _bn(prefix, c):
-    return {f'{prefix}.weight': (c,), f'{prefix}.bias': (c,), f'{prefix}.running_mean': (c,),
-            f'{prefix}.running_var': (c,), f'{prefix}.num_batches_tracked': ()}
+    return {
+        f'{prefix}.weight': (c,),
+        f'{prefix}.bias': (c,),
+        f'{prefix}.running_mean': (c,),
+        f'{prefix}.running_var': (c,),
+        f'{prefix}.num_batches_tracked': (),
+    }
 
 
 def official_backbone_shapes(arch, clusters=None, clustering='conv', blockwise=False, head=True):
@@ -26,9 +32,16 @@ def official_backbone_shapes(arch, clusters=None, clustering='conv', blockwise=F
     clusters = clusters or ((100,) * 4 if teacher else (100, 100, 100, 0))
     s = OrderedDict()
     c0 = dims[0]
-    s.update({'patch_embed.proj.0.weight': (c0 // 2, 3, 3, 3), 'patch_embed.proj.0.bias': (c0 // 2,),
-              'patch_embed.proj.1.weight': (c0, c0 // 2, 3, 3), 'patch_embed.proj.1.bias': (c0,),
-              'patch_embed.norm.weight': (c0,), 'patch_embed.norm.bias': (c0,)})
+    s.update(
+        {
+            'patch_embed.proj.0.weight': (c0 // 2, 3, 3, 3),
+            'patch_embed.proj.0.bias': (c0 // 2,),
+            'patch_embed.proj.1.weight': (c0, c0 // 2, 3, 3),
+            'patch_embed.proj.1.bias': (c0,),
+            'patch_embed.norm.weight': (c0,),
+            'patch_embed.norm.bias': (c0,),
+        }
+    )
     for i, (c, depth, m) in enumerate(zip(dims, depths, clusters), start=1):
         for j in range(depth):
             p = f'stage{i}.{j}'
@@ -38,22 +51,48 @@ def official_backbone_shapes(arch, clusters=None, clustering='conv', blockwise=F
                 if not teacher and (j == 0 or blockwise):
                     q = f'{p}.attn.clustering.clustering'
                     if clustering == 'conv':
-                        s.update({f'{q}.0.weight': (c, 1, 7, 7), f'{q}.0.bias': (c,), f'{q}.2.weight': (c, c, 1, 1),
-                                  f'{q}.2.bias': (c,), f'{q}.4.weight': (m, c, 1, 1)})
+                        s.update(
+                            {
+                                f'{q}.0.weight': (c, 1, 7, 7),
+                                f'{q}.0.bias': (c,),
+                                f'{q}.2.weight': (c, c, 1, 1),
+                                f'{q}.2.bias': (c,),
+                                f'{q}.4.weight': (m, c, 1, 1),
+                            }
+                        )
                     else:
-                        s.update({f'{q}.0.weight': (4 * c, c), f'{q}.0.bias': (4 * c,), f'{q}.2.weight': (m, 4 * c),
-                                  f'{q}.2.bias': (m,)})
+                        s.update(
+                            {
+                                f'{q}.0.weight': (4 * c, c),
+                                f'{q}.0.bias': (4 * c,),
+                                f'{q}.2.weight': (m, 4 * c),
+                                f'{q}.2.bias': (m,),
+                            }
+                        )
             for name in ('q', 'k', 'v', 'proj'):
                 s[f'{p}.attn.{name}.weight'] = (c, c)
                 s[f'{p}.attn.{name}.bias'] = (c,)
             s[f'{p}.norm2_before.weight'] = s[f'{p}.norm2_before.bias'] = (c,)
-            s.update({f'{p}.mlp.fc1.weight': (4 * c, c), f'{p}.mlp.fc1.bias': (4 * c,),
-                      f'{p}.mlp.dwconv.dwconv.weight': (4 * c, 1, 3, 3), f'{p}.mlp.dwconv.dwconv.bias': (4 * c,),
-                      f'{p}.mlp.fc2.weight': (c, 4 * c), f'{p}.mlp.fc2.bias': (c,)})
+            s.update(
+                {
+                    f'{p}.mlp.fc1.weight': (4 * c, c),
+                    f'{p}.mlp.fc1.bias': (4 * c,),
+                    f'{p}.mlp.dwconv.dwconv.weight': (4 * c, 1, 3, 3),
+                    f'{p}.mlp.dwconv.dwconv.bias': (4 * c,),
+                    f'{p}.mlp.fc2.weight': (c, 4 * c),
+                    f'{p}.mlp.fc2.bias': (c,),
+                }
+            )
         s[f'norm{i}.weight'] = s[f'norm{i}.bias'] = (c,)
         if i < 4:
-            s.update({f'transition{i}.proj.weight': (dims[i], c, 3, 3), f'transition{i}.proj.bias': (dims[i],),
-                      f'transition{i}.norm.weight': (dims[i],), f'transition{i}.norm.bias': (dims[i],)})
+            s.update(
+                {
+                    f'transition{i}.proj.weight': (dims[i], c, 3, 3),
+                    f'transition{i}.proj.bias': (dims[i],),
+                    f'transition{i}.norm.weight': (dims[i],),
+                    f'transition{i}.norm.bias': (dims[i],),
+                }
+            )
     if head:
         s['head.weight'] = (1000, dims[-1])
         s['head.bias'] = (1000,)
@@ -71,16 +110,24 @@ def official_backbone_shapes(arch, clusters=None, clustering='conv', blockwise=F
             for j in range(depth):
                 s.update(convmixer(f'{t}.block{i}.{j}', c))
             if i < 4:
-                s.update({f'{t}.transition{i}.0.blur_filter': (c, 1, 3, 3),
-                          f'{t}.transition{i}.0.conv.weight': (dims[i], c, 3, 3),
-                          f'{t}.transition{i}.0.conv.bias': (dims[i],)})
+                s.update(
+                    {
+                        f'{t}.transition{i}.0.blur_filter': (c, 1, 3, 3),
+                        f'{t}.transition{i}.0.conv.weight': (dims[i], c, 3, 3),
+                        f'{t}.transition{i}.0.conv.bias': (dims[i],),
+                    }
+                )
                 s.update(_bn(f'{t}.transition{i}.2', dims[i]))
                 s.update({f'{t}.lateral{i}.0.weight': (c, dims[i], 1, 1), f'{t}.lateral{i}.0.bias': (c,)})
                 s.update(_bn(f'{t}.lateral{i}.2', c))
                 s.update(convmixer(f'{t}.fpn{i}', c))
             if clusters[i - 1] > 0:
-                s.update({f'{t}.to_clusters{i}.weight': (clusters[i - 1], c, 1, 1),
-                          f'{t}.to_clusters{i}.bias': (clusters[i - 1],)})
+                s.update(
+                    {
+                        f'{t}.to_clusters{i}.weight': (clusters[i - 1], c, 1, 1),
+                        f'{t}.to_clusters{i}.bias': (clusters[i - 1],),
+                    }
+                )
     return s
 
 
@@ -106,5 +153,12 @@ def official_head_shapes(in_channels=(96, 192, 320, 384), channels=256, num_clas
 
 def random_state_dict(shapes, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return OrderedDict((k, torch.randint(0, 5, shape) if k.endswith('num_batches_tracked')
-                        else torch.randn(shape, generator=generator)) for k, shape in shapes.items())
+    return OrderedDict(
+        (
+            k,
+            torch.randint(0, 5, shape)
+            if k.endswith('num_batches_tracked')
+            else torch.randn(shape, generator=generator),
+        )
+        for k, shape in shapes.items()
+    )

@@ -1,4 +1,5 @@
 """Official checkpoints convert and load; loading is safe, reported and never skips a missing file."""
+
 import logging
 import os
 import pickle
@@ -49,14 +50,19 @@ def test_every_official_key_converts_onto_the_model(arch, official_kwargs, kwarg
     first_block = 'stages.0.blocks.0.attn.clustering'
     if 'teacher' in arch:
         assert torch.equal(model.teacher.to_clusters['0'].weight, official['paca_teacher.to_clusters1.weight'])
-        assert torch.equal(model.teacher.downsamples[0].conv.conv.weight,
-                           official['paca_teacher.transition1.0.conv.weight'])
+        assert torch.equal(
+            model.teacher.downsamples[0].conv.conv.weight, official['paca_teacher.transition1.0.conv.weight']
+        )
     elif kwargs.get('clustering') == 'mlp':
-        assert torch.equal(model.get_parameter(f'{first_block}.to_clusters.weight'),
-                           official['stage1.0.attn.clustering.clustering.2.weight'])
+        assert torch.equal(
+            model.get_parameter(f'{first_block}.to_clusters.weight'),
+            official['stage1.0.attn.clustering.clustering.2.weight'],
+        )
     else:
-        assert torch.equal(model.get_parameter(f'{first_block}.to_clusters.weight'),
-                           official['stage1.0.attn.clustering.clustering.4.weight'])
+        assert torch.equal(
+            model.get_parameter(f'{first_block}.to_clusters.weight'),
+            official['stage1.0.attn.clustering.clustering.4.weight'],
+        )
     assert torch.equal(model.stages[1].downsample.proj[0].weight, official['transition1.proj.weight'])
     assert torch.equal(model.stages[3].norm.weight, official['norm4.weight'])
 
@@ -71,9 +77,18 @@ def test_converter_rejects_unknown_keys():
 def test_official_head_keys_convert():
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
+
     with DefaultScope.overwrite_default_scope('mmseg'):
-        head = MODELS.build(dict(type='PaCaHead', in_channels=[96, 192, 320, 384], in_index=[0, 1, 2, 3], channels=256,
-                                 num_classes=150, norm_cfg=dict(type='BN')))
+        head = MODELS.build(
+            dict(
+                type='PaCaHead',
+                in_channels=[96, 192, 320, 384],
+                in_index=[0, 1, 2, 3],
+                channels=256,
+                num_classes=150,
+                norm_cfg=dict(type='BN'),
+            )
+        )
     shapes = official_head_shapes()
     converted = convert_official_head_state_dict(random_state_dict(shapes))
     own = {k: tuple(v.shape) for k, v in head.state_dict().items()}
@@ -104,8 +119,14 @@ def test_downstream_cluster_change_reinitialises_only_clustering_outputs(tmp_pat
     model = PaCaViT('tiny', num_clusters=(200, 200, 200, 0))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     logger, records = _list_logger()
-    report = load_pretrained(model, str(path), convert=convert_official_state_dict,
-                             may_reinit=lambda k: '.to_clusters.' in k, ignore_unexpected=('head.',), logger=logger)
+    report = load_pretrained(
+        model,
+        str(path),
+        convert=convert_official_state_dict,
+        may_reinit=lambda k: '.to_clusters.' in k,
+        ignore_unexpected=('head.',),
+        logger=logger,
+    )
     reinit = [k for k, _, _ in report.reinitialized]
     assert reinit == [f'stages.{i}.blocks.0.attn.clustering.to_clusters.weight' for i in range(3)]
     assert report.missing == [] and report.unexpected == [] and report.ignored == ['head.weight', 'head.bias']
@@ -122,8 +143,12 @@ def test_downstream_cluster_change_reinitialises_only_clustering_outputs(tmp_pat
 
 def test_init_cfg_loads_after_initialisation_and_converts(tmp_path):
     path, official = _save_official(tmp_path, 'small', wrap='state_dict', clustering='mlp')
-    model = PaCaViT('small', clustering='mlp', num_clusters=(200, 200, 200, 0),
-                    init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model = PaCaViT(
+        'small',
+        clustering='mlp',
+        num_clusters=(200, 200, 200, 0),
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+    )
     model.init_weights()
     assert torch.equal(model.stages[2].blocks[5].mlp.fc1.weight, official['stage3.5.mlp.fc1.weight'])
     assert model.stages[0].blocks[0].attn.clustering.to_clusters.weight.shape == (200, 384)
@@ -132,8 +157,7 @@ def test_init_cfg_loads_after_initialisation_and_converts(tmp_path):
 def test_detector_checkpoint_prefix_is_stripped(tmp_path):
     own = PaCaViT('tiny')
     path = tmp_path / 'det.pth'
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in own.state_dict().items()},
-                'meta': {'epoch': 1}}, path)
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in own.state_dict().items()}, 'meta': {'epoch': 1}}, path)
     model = PaCaViT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     assert all(torch.equal(v, own.state_dict()[k]) for k, v in model.state_dict().items())
@@ -148,16 +172,23 @@ def test_missing_checkpoint_is_an_error():
 def test_wrong_model_shape_mismatch_is_an_error(tmp_path):
     path, _ = _save_official(tmp_path, 'base')
     with pytest.raises(ValueError, match='shape mismatch'):
-        load_pretrained(PaCaViT('tiny'), str(path), convert=convert_official_state_dict,
-                        may_reinit=lambda k: '.to_clusters.' in k)
+        load_pretrained(
+            PaCaViT('tiny'), str(path), convert=convert_official_state_dict, may_reinit=lambda k: '.to_clusters.' in k
+        )
 
 
 def test_mmengine_checkpoints_load_with_weights_only(tmp_path):
     hub = MessageHub.get_instance('test-safe-load')
     hub.update_scalar('train/loss', 0.5)
     path = tmp_path / 'epoch_1.pth'
-    torch.save({'meta': {'epoch': 1, 'seed': torch.tensor(3).numpy()}, 'message_hub': hub.state_dict(),
-                'state_dict': {'w': torch.ones(2)}}, path)
+    torch.save(
+        {
+            'meta': {'epoch': 1, 'seed': torch.tensor(3).numpy()},
+            'message_hub': hub.state_dict(),
+            'state_dict': {'w': torch.ones(2)},
+        },
+        path,
+    )
     checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert isinstance(checkpoint['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
     assert checkpoint['message_hub']['log_scalars']['train/loss'].current() == 0.5

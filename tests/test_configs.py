@@ -1,4 +1,5 @@
 """Every config parses, builds, runs its model, has the paper's size; each family trains on the bundled data."""
+
 import math
 import re
 from pathlib import Path
@@ -17,17 +18,33 @@ UPER = 'upernet_paca-{}_8xb2-160k_ade20k-512x512'
 # config -> (#params M, FLOPs G) of the paper's Tables 2, 3 and 4. FLOPs: Mask R-CNN at 1280x800, ADE20K
 # at 512x512, counted by torchprofile (our `macs_torchprofile`); UperNet params include the auxiliary head.
 PAPER = {
-    DET.format('tiny'): (32.0, 252), DET.format('small'): (41.8, 296), DET.format('small-mlp'): (42.4, 303),
-    DET.format('small-teacher'): (40.9, 292), DET.format('base'): (66.6, 373), DET.format('base-teacher'): (61.4, 372),
-    DET.format('small-m100x4'): (42.0, 294), DET.format('small-m49-64-81-100'): (42.0, 289),
-    DET.format('small-m100-81-64-49'): (42.0, 291), DET.format('small-m49-49-49-0'): (41.8, 289),
-    DET.format('small-m2-2-2-0'): (41.6, 283), DET.format('small-m100x4-blockwise'): (44.0, 304),
-    UPER.format('tiny'): (41.6, 229.9), UPER.format('small'): (51.4, 242.7), UPER.format('base'): (77.2, 264.1),
-    HEAD.format('tiny'): (13.3, 34.4), HEAD.format('small'): (23.2, 47.2), HEAD.format('small-mlp'): (24.0, 50.0),
-    HEAD.format('small-teacher'): (22.2, 46.4), HEAD.format('base'): (48.0, 68.5), HEAD.format('base-teacher'): (48.8, 68.7),
-    HEAD.format('small-m100x4'): (23.4, 47.3), HEAD.format('small-m49-64-81-100'): (23.4, 47.3),
-    HEAD.format('small-m100-81-64-49'): (23.7, 47.3), HEAD.format('small-m49-49-49-0'): (23.2, 47.2),
-    HEAD.format('small-m2-2-2-0'): (23.2, 47.2), HEAD.format('small-m100x4-blockwise'): (25.8, 50.9),
+    DET.format('tiny'): (32.0, 252),
+    DET.format('small'): (41.8, 296),
+    DET.format('small-mlp'): (42.4, 303),
+    DET.format('small-teacher'): (40.9, 292),
+    DET.format('base'): (66.6, 373),
+    DET.format('base-teacher'): (61.4, 372),
+    DET.format('small-m100x4'): (42.0, 294),
+    DET.format('small-m49-64-81-100'): (42.0, 289),
+    DET.format('small-m100-81-64-49'): (42.0, 291),
+    DET.format('small-m49-49-49-0'): (41.8, 289),
+    DET.format('small-m2-2-2-0'): (41.6, 283),
+    DET.format('small-m100x4-blockwise'): (44.0, 304),
+    UPER.format('tiny'): (41.6, 229.9),
+    UPER.format('small'): (51.4, 242.7),
+    UPER.format('base'): (77.2, 264.1),
+    HEAD.format('tiny'): (13.3, 34.4),
+    HEAD.format('small'): (23.2, 47.2),
+    HEAD.format('small-mlp'): (24.0, 50.0),
+    HEAD.format('small-teacher'): (22.2, 46.4),
+    HEAD.format('base'): (48.0, 68.5),
+    HEAD.format('base-teacher'): (48.8, 68.7),
+    HEAD.format('small-m100x4'): (23.4, 47.3),
+    HEAD.format('small-m49-64-81-100'): (23.4, 47.3),
+    HEAD.format('small-m100-81-64-49'): (23.7, 47.3),
+    HEAD.format('small-m49-49-49-0'): (23.2, 47.2),
+    HEAD.format('small-m2-2-2-0'): (23.2, 47.2),
+    HEAD.format('small-m100x4-blockwise'): (25.8, 50.9),
 }
 # Rows where the paper's #params disagree with the official code (docs/model_zoo.md); we check the official
 # code's count instead.
@@ -43,6 +60,7 @@ OFFICIAL_CODE_PARAMS = {
 
 def build(cfg):
     from mmengine.registry import MODELS
+
     cfg.model.backbone.init_cfg = None  # no download
     return MODELS.build(cfg.model)
 
@@ -78,15 +96,30 @@ def test_config_builds(path):
 
 def _get_flops():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location('get_flops', ROOT / 'tools/analysis_tools/get_flops.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
 
 
-FLOPS_CHECKED = [DET.format(v) for v in ('tiny', 'small', 'base')] + [UPER.format('tiny')] + [
-    HEAD.format(v) for v in ('tiny', 'small', 'small-mlp', 'small-teacher', 'base', 'base-teacher', 'small-m100x4',
-                             'small-m100x4-blockwise')]
+FLOPS_CHECKED = (
+    [DET.format(v) for v in ('tiny', 'small', 'base')]
+    + [UPER.format('tiny')]
+    + [
+        HEAD.format(v)
+        for v in (
+            'tiny',
+            'small',
+            'small-mlp',
+            'small-teacher',
+            'base',
+            'base-teacher',
+            'small-m100x4',
+            'small-m100x4-blockwise',
+        )
+    ]
+)
 
 
 @pytest.mark.parametrize('name', FLOPS_CHECKED)
@@ -99,8 +132,17 @@ def test_get_flops_agrees_with_the_paper(name):
         assert result['macs'] == result['macs_torchprofile']
 
 
-@pytest.mark.parametrize('model,paper', [('paca_tiny', 3.2), ('paca_small', 5.5), ('paca_small_mlp', 5.9),
-                                         ('paca_small_teacher', 5.4), ('paca_base', 9.5), ('paca_base_teacher', 9.7)])
+@pytest.mark.parametrize(
+    'model,paper',
+    [
+        ('paca_tiny', 3.2),
+        ('paca_small', 5.5),
+        ('paca_small_mlp', 5.9),
+        ('paca_small_teacher', 5.4),
+        ('paca_base', 9.5),
+        ('paca_base_teacher', 9.7),
+    ],
+)
 def test_get_flops_timm_models_agree_with_table_1(model, paper):
     assert _get_flops()([model, '--shape', '224'])['macs'] / 1e9 == pytest.approx(paper, rel=0.03)
 
@@ -123,16 +165,22 @@ def test_lr_multiplier_reaches_every_clustering_type():
     """The official ADE20K config's 'clustering.4' key matched only conv clustering (spec §9.6)."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS
+
     cfg = load_config(str(ROOT / 'configs/paca_vit/paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py'))
     for arch, clustering in (('tiny', 'conv'), ('small', 'mlp'), ('small_teacher', 'teacher')):
-        cfg.model.backbone.update(arch=arch, clustering=clustering, init_cfg=None,
-                                  num_clusters=(200,) * 4 if clustering == 'teacher' else (200, 200, 200, 0))
+        cfg.model.backbone.update(
+            arch=arch,
+            clustering=clustering,
+            init_cfg=None,
+            num_clusters=(200,) * 4 if clustering == 'teacher' else (200, 200, 200, 0),
+        )
         cfg.model.decode_head.in_channels = [96, 192, 320, 384]
         model = MODELS.build(cfg.model)
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
         names = {id(p): n for n, p in model.named_parameters()}
-        boosted = {names[id(p)] for g in wrapper.optimizer.param_groups for p in g['params']
-                   if g['lr'] == pytest.approx(6e-4)}
+        boosted = {
+            names[id(p)] for g in wrapper.optimizer.param_groups for p in g['params'] if g['lr'] == pytest.approx(6e-4)
+        }
         outputs = {n for n in names.values() if n.startswith('backbone.') and '.to_clusters.' in n}
         assert outputs and outputs <= boosted, clustering
         assert not any(n.startswith('backbone.') and '.to_clusters.' not in n for n in boosted)
@@ -144,34 +192,64 @@ def _bundled_data_options(shapes_root, config: str) -> list:
     leaving the rest of its model, pipelines, optimizer and schedule as they are."""
     options = ['model.backbone.init_cfg=None', 'default_hooks.logger.interval=1']
     for split in ('train', 'val'):
-        options += [f'{split}_dataloader.num_workers=0', f'{split}_dataloader.persistent_workers=False',
-                    f'{split}_dataloader.dataset.indices=2']
+        options += [
+            f'{split}_dataloader.num_workers=0',
+            f'{split}_dataloader.persistent_workers=False',
+            f'{split}_dataloader.dataset.indices=2',
+        ]
     if config.startswith('mask-rcnn'):
         root = f'{shapes_root}/coco/'
         for split in ('train', 'val'):
-            options += [f'{split}_dataloader.dataset.data_root={root}',
-                        f'{split}_dataloader.dataset.ann_file=annotations/instances_{split}.json',
-                        f'{split}_dataloader.dataset.data_prefix.img={split}/',
-                        f'{split}_dataloader.dataset.metainfo.classes=[circle,square,triangle]']
-        return options + [f'val_evaluator.ann_file={root}annotations/instances_val.json', 'train_cfg.max_epochs=1',
-                          'model.roi_head.bbox_head.num_classes=3', 'model.roi_head.mask_head.num_classes=3',
-                          'train_dataloader.batch_size=1',
-                          'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1']
-    return options + [f'train_dataloader.dataset.data_root={shapes_root}/ade',
-                      f'val_dataloader.dataset.data_root={shapes_root}/ade', 'train_cfg.max_iters=2',
-                      'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2']
+            options += [
+                f'{split}_dataloader.dataset.data_root={root}',
+                f'{split}_dataloader.dataset.ann_file=annotations/instances_{split}.json',
+                f'{split}_dataloader.dataset.data_prefix.img={split}/',
+                f'{split}_dataloader.dataset.metainfo.classes=[circle,square,triangle]',
+            ]
+        return options + [
+            f'val_evaluator.ann_file={root}annotations/instances_val.json',
+            'train_cfg.max_epochs=1',
+            'model.roi_head.bbox_head.num_classes=3',
+            'model.roi_head.mask_head.num_classes=3',
+            'train_dataloader.batch_size=1',
+            'train_cfg.val_interval=1',
+            'default_hooks.checkpoint.interval=1',
+        ]
+    return options + [
+        f'train_dataloader.dataset.data_root={shapes_root}/ade',
+        f'val_dataloader.dataset.data_root={shapes_root}/ade',
+        'train_cfg.max_iters=2',
+        'train_cfg.val_interval=2',
+        'default_hooks.checkpoint.interval=2',
+    ]
 
 
-@pytest.mark.parametrize('config', ['mask-rcnn_paca-tiny_fpn_1x_coco', 'mask-rcnn_paca-small_fpn_ms-crop-3x_coco',
-                                    'upernet_paca-tiny_8xb2-160k_ade20k-512x512',
-                                    'paca-head_paca-small-mlp_8xb2-160k_ade20k-512x512',
-                                    'fpn_paca-tiny_8xb2-80k_ade20k-512x512'])
+@pytest.mark.parametrize(
+    'config',
+    [
+        'mask-rcnn_paca-tiny_fpn_1x_coco',
+        'mask-rcnn_paca-small_fpn_ms-crop-3x_coco',
+        'upernet_paca-tiny_8xb2-160k_ade20k-512x512',
+        'paca-head_paca-small-mlp_8xb2-160k_ade20k-512x512',
+        'fpn_paca-tiny_8xb2-80k_ade20k-512x512',
+    ],
+)
 def test_config_family_trains_on_bundled_data(config, shapes_root, tmp_path):
     """Each family's real recipe (pipeline with its full-size multi-scale augmentation, optimizer with its
     parameter-wise rules, schedule) runs through tools/train.py; only the data and the length change."""
     from .tools_helpers import run
-    out = run(['tools/train.py', f'configs/paca_vit/{config}.py', '--work-dir', tmp_path,
-               '--cfg-options', *_bundled_data_options(shapes_root, config)], timeout=900)
+
+    out = run(
+        [
+            'tools/train.py',
+            f'configs/paca_vit/{config}.py',
+            '--work-dir',
+            tmp_path,
+            '--cfg-options',
+            *_bundled_data_options(shapes_root, config),
+        ],
+        timeout=900,
+    )
     losses = [float(v) for v in re.findall(r'\sloss: ([0-9.]+)', out)]
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses), out[-3000:]
     assert list(tmp_path.glob('*.pth')), out[-3000:]

@@ -1,4 +1,5 @@
 """tools/model_converters/convert_official.py on synthetic official ImageNet, COCO and ADE20K checkpoints."""
+
 import numpy as np
 import pytest
 import timm
@@ -17,6 +18,7 @@ ROOT_CFG = 'configs/paca_vit/'
 
 def build(config):
     from mmengine.registry import MODELS
+
     cfg = load_config(ROOT_CFG + config)
     cfg.model.backbone.init_cfg = None
     return MODELS.build(cfg.model)
@@ -26,8 +28,10 @@ def mmengine_meta():
     """What an mmengine-trained checkpoint carries besides weights (numpy values, log buffers)."""
     hub = MessageHub.get_instance('converter-test')
     hub.update_scalar('train/loss', 0.3)
-    return {'meta': {'epoch': 12, 'iter': 88000, 'seed': np.int64(0), 'mmengine_version': '0.7.0'},
-            'message_hub': hub.state_dict()}
+    return {
+        'meta': {'epoch': 12, 'iter': 88000, 'seed': np.int64(0), 'mmengine_version': '0.7.0'},
+        'message_hub': hub.state_dict(),
+    }
 
 
 def official_downstream(model, backbone_shapes, head_shapes=None, seed=0):
@@ -43,7 +47,10 @@ def official_downstream(model, backbone_shapes, head_shapes=None, seed=0):
 
 def _tool():
     import importlib.util
-    spec = importlib.util.spec_from_file_location('convert_official', ROOT / 'tools/model_converters/convert_official.py')
+
+    spec = importlib.util.spec_from_file_location(
+        'convert_official', ROOT / 'tools/model_converters/convert_official.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,10 +75,13 @@ def test_imagenet_checkpoint(tmp_path):
     assert torch.equal(model.head.weight, official['head.weight'])
 
 
-@pytest.mark.parametrize('config,arch,kwargs', [
-    ('mask-rcnn_paca-tiny_fpn_1x_coco.py', 'tiny', {}),
-    ('mask-rcnn_paca-base-teacher_fpn_1x_coco.py', 'base_teacher', {}),
-])
+@pytest.mark.parametrize(
+    'config,arch,kwargs',
+    [
+        ('mask-rcnn_paca-tiny_fpn_1x_coco.py', 'tiny', {}),
+        ('mask-rcnn_paca-base-teacher_fpn_1x_coco.py', 'base_teacher', {}),
+    ],
+)
 def test_coco_checkpoint(tmp_path, config, arch, kwargs):
     model = build(config)
     state = official_downstream(model, official_backbone_shapes(arch, head=False, **kwargs))
@@ -82,11 +92,14 @@ def test_coco_checkpoint(tmp_path, config, arch, kwargs):
     assert converted['meta']['source_meta']['epoch'] == 12
 
 
-@pytest.mark.parametrize('config,arch,clusters,dims', [
-    ('paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py', 'tiny', (200, 200, 200, 0), (96, 192, 320, 384)),
-    ('paca-head_paca-base-teacher_8xb2-160k_ade20k-512x512.py', 'base_teacher', (200,) * 4, (96, 192, 384, 512)),
-    ('upernet_paca-small_8xb2-160k_ade20k-512x512.py', 'small', (200, 200, 200, 0), None),
-])
+@pytest.mark.parametrize(
+    'config,arch,clusters,dims',
+    [
+        ('paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py', 'tiny', (200, 200, 200, 0), (96, 192, 320, 384)),
+        ('paca-head_paca-base-teacher_8xb2-160k_ade20k-512x512.py', 'base_teacher', (200,) * 4, (96, 192, 384, 512)),
+        ('upernet_paca-small_8xb2-160k_ade20k-512x512.py', 'small', (200, 200, 200, 0), None),
+    ],
+)
 def test_ade20k_checkpoint(tmp_path, config, arch, clusters, dims):
     model = build(config)
     head = official_head_shapes(in_channels=dims) if dims else None

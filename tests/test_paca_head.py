@@ -1,13 +1,22 @@
 """PaCaHead (paper Sec. 3.4): structure, losses and the ADE20K model size."""
+
 import pytest
 import torch
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-HEAD = dict(type='PaCaHead', in_channels=[96, 192, 320, 384], in_index=[0, 1, 2, 3], channels=256,
-            dropout_ratio=0.1, num_classes=150, norm_cfg=dict(type='BN'), align_corners=False,
-            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True))
+HEAD = dict(
+    type='PaCaHead',
+    in_channels=[96, 192, 320, 384],
+    in_index=[0, 1, 2, 3],
+    channels=256,
+    dropout_ratio=0.1,
+    num_classes=150,
+    norm_cfg=dict(type='BN'),
+    align_corners=False,
+    loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True),
+)
 
 
 def features(batch=2, size=64):
@@ -16,11 +25,16 @@ def features(batch=2, size=64):
 
 def test_ade20k_model_size_matches_the_paper():
     from mmengine.registry import init_default_scope
+
     init_default_scope('mmseg')
-    model = MODELS.build(dict(
-        type='EncoderDecoder',
-        backbone=dict(type='PaCaViT', arch='tiny', num_clusters=(200, 200, 200, 0)),
-        decode_head=dict(HEAD, norm_cfg=dict(type='SyncBN', requires_grad=True)), test_cfg=dict(mode='whole')))
+    model = MODELS.build(
+        dict(
+            type='EncoderDecoder',
+            backbone=dict(type='PaCaViT', arch='tiny', num_clusters=(200, 200, 200, 0)),
+            decode_head=dict(HEAD, norm_cfg=dict(type='SyncBN', requires_grad=True)),
+            test_cfg=dict(mode='whole'),
+        )
+    )
     total = sum(p.numel() for p in model.parameters())
     assert total == 13_326_764  # spec §3.3: 13.33M
     assert round(total / 1e6, 2) == 13.33
@@ -41,8 +55,13 @@ def test_attention_is_single_head_and_unscaled():
     feats = features(batch=1, size=64)
     seg, cluster_logits = head.forward_with_clusters(feats)
     size = feats[0].shape[2:]
-    fused = torch.cat([torch.nn.functional.interpolate(conv(x), size=size, mode='bilinear', align_corners=False)
-                       for conv, x in zip(head.convs, feats)], dim=1)
+    fused = torch.cat(
+        [
+            torch.nn.functional.interpolate(conv(x), size=size, mode='bilinear', align_corners=False)
+            for conv, x in zip(head.convs, feats)
+        ],
+        dim=1,
+    )
     assignment = torch.softmax(head.to_clusters(head.cluster_embed(fused)).flatten(2), dim=-1)
     tokens = fused.flatten(2).transpose(1, 2)
     clusters = assignment @ tokens
@@ -76,13 +95,16 @@ def test_norms_follow_norm_cfg():
     head.eval()(features(batch=1, size=32))
 
 
-@pytest.mark.parametrize('kwargs,message', [
-    (dict(input_transform='resize_concat'), 'input_transform'),
-    (dict(norm_cfg=None), 'norm_cfg'),
-    (dict(channels=0), 'channels'),
-    (dict(num_classes=0), 'num_classes'),
-    (dict(channels=-8), 'channels'),
-])
+@pytest.mark.parametrize(
+    'kwargs,message',
+    [
+        (dict(input_transform='resize_concat'), 'input_transform'),
+        (dict(norm_cfg=None), 'norm_cfg'),
+        (dict(channels=0), 'channels'),
+        (dict(num_classes=0), 'num_classes'),
+        (dict(channels=-8), 'channels'),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MODELS.build(dict(HEAD, **kwargs))

@@ -1,4 +1,5 @@
 """PaCa-ViT backbone: fidelity to the official model (spec §2), downstream interface, robustness."""
+
 import math
 
 import pytest
@@ -68,8 +69,11 @@ def test_small_ablation_matches_official(clusters, assignment):
 def test_drop_path_rates_follow_the_official_schedule():
     assert timm.create_model('paca_base').stages[3].blocks[2].drop_path.drop_prob == pytest.approx(0.5)
     model = timm.create_model('paca_tiny')
-    rates = [0.0 if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.drop_prob
-             for s in model.stages for b in s.blocks]
+    rates = [
+        0.0 if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.drop_prob
+        for s in model.stages
+        for b in s.blocks
+    ]
     assert rates == pytest.approx(torch.linspace(0, 0.1, 10).tolist())
 
 
@@ -98,7 +102,7 @@ def test_outputs_are_contiguous_nchw_for_roi_align():
     assert all(o.is_contiguous() for o in outs)
     lateral = torch.nn.Conv2d(96, 16, 1)
     p2 = lateral(outs[0])
-    rois = torch.tensor([[0., 4., 8., 40., 60.], [1., 10., 2., 60., 30.]])
+    rois = torch.tensor([[0.0, 4.0, 8.0, 40.0, 60.0], [1.0, 10.0, 2.0, 60.0, 30.0]])
     ours = RoIAlign((7, 7), 0.25, 0, aligned=True)(p2, rois)
     reference = torchvision.ops.roi_align(p2.contiguous(), rois, (7, 7), 0.25, 0, aligned=True)
     assert torch.allclose(ours, reference, atol=1e-5)
@@ -120,8 +124,14 @@ def test_out_indices_select_stages():
 def test_frozen_stages_and_norm_eval():
     model = PaCaViT('tiny_teacher', frozen_stages=2, norm_eval=True)
     assert model.train() is model
-    for module in (model.patch_embed, model.stages[0], model.stages[1], model.teacher.stages[0],
-                   model.teacher.stages[1], model.teacher.downsamples[0]):
+    for module in (
+        model.patch_embed,
+        model.stages[0],
+        model.stages[1],
+        model.teacher.stages[0],
+        model.teacher.stages[1],
+        model.teacher.downsamples[0],
+    ):
         assert not module.training
         assert all(not p.requires_grad for p in module.parameters())
     assert model.stages[2].training and all(p.requires_grad for p in model.stages[2].parameters())
@@ -149,6 +159,7 @@ def test_attention_matches_the_paper_equations():
     """Eqns. 1-2 written out without the fused kernel: Z = LN(softmax_N(logits) X), multi-head attention."""
     torch.manual_seed(0)
     from mmcluster.models.backbones.paca_vit import ConvClustering
+
     dim, heads, clusters, hw = 32, 4, 5, (6, 7)
     attn = PatchToClusterAttention(dim, heads, clusters, ConvClustering(dim, clusters)).eval()
     x = torch.randn(2, hw[0] * hw[1], dim)
@@ -210,11 +221,22 @@ def test_autocast_training_step_of_a_segmentor_is_finite(dtype):
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
+
     init_default_scope('mmseg')
-    model = MODELS.build(dict(
-        type='EncoderDecoder', backbone=dict(type='PaCaViT', arch='tiny', num_clusters=(200, 200, 200, 0)),
-        decode_head=dict(type='PaCaHead', in_channels=[96, 192, 320, 384], in_index=[0, 1, 2, 3], channels=64,
-                         num_classes=5, norm_cfg=dict(type='BN')))).train()
+    model = MODELS.build(
+        dict(
+            type='EncoderDecoder',
+            backbone=dict(type='PaCaViT', arch='tiny', num_clusters=(200, 200, 200, 0)),
+            decode_head=dict(
+                type='PaCaHead',
+                in_channels=[96, 192, 320, 384],
+                in_index=[0, 1, 2, 3],
+                channels=64,
+                num_classes=5,
+                norm_cfg=dict(type='BN'),
+            ),
+        )
+    ).train()
     samples = []
     for _ in range(2):
         sample = SegDataSample(metainfo=dict(img_shape=(96, 96), pad_shape=(96, 96)))
@@ -236,28 +258,31 @@ def test_classifier_forward_and_reset():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 384)
 
 
-@pytest.mark.parametrize('kwargs,name', [
-    (dict(arch='huge'), 'arch'),
-    (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2), num_heads=(2, 4, 7, 16))), 'num_heads'),
-    (dict(arch=dict(embed_dims=(96, 192, 320), depths=(2, 2, 4), num_heads=(2, 4, 8))), 'arch.embed_dims'),
-    (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4), num_heads=(2, 4, 8, 16))), 'arch.depths'),
-    (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2))), 'num_heads'),
-    (dict(num_clusters=(100, 100, 100)), 'num_clusters'),
-    (dict(num_clusters=(100, -1, 100, 0)), 'num_clusters'),
-    (dict(num_clusters=(100, 1.5, 100, 0)), 'num_clusters'),
-    (dict(clustering='kmeans'), 'clustering'),
-    (dict(clustering='teacher'), 'teacher_depths'),
-    (dict(arch='tiny_teacher', clustering='conv'), 'teacher_depths'),
-    (dict(assignment='layer'), 'assignment'),
-    (dict(out_indices=(0, 4)), 'out_indices'),
-    (dict(frozen_stages=5), 'frozen_stages'),
-    (dict(frozen_stages=-2), 'frozen_stages'),
-    (dict(out_indices=3), 'out_indices'),
-    (dict(out_indices=(0, 0)), 'out_indices'),
-    (dict(out_indices=()), 'out_indices'),
-    (dict(drop_path_rate=1.0), 'drop_path_rate'),
-    (dict(init_cfg=dict(type='Kaiming')), None),
-])
+@pytest.mark.parametrize(
+    'kwargs,name',
+    [
+        (dict(arch='huge'), 'arch'),
+        (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2), num_heads=(2, 4, 7, 16))), 'num_heads'),
+        (dict(arch=dict(embed_dims=(96, 192, 320), depths=(2, 2, 4), num_heads=(2, 4, 8))), 'arch.embed_dims'),
+        (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4), num_heads=(2, 4, 8, 16))), 'arch.depths'),
+        (dict(arch=dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2))), 'num_heads'),
+        (dict(num_clusters=(100, 100, 100)), 'num_clusters'),
+        (dict(num_clusters=(100, -1, 100, 0)), 'num_clusters'),
+        (dict(num_clusters=(100, 1.5, 100, 0)), 'num_clusters'),
+        (dict(clustering='kmeans'), 'clustering'),
+        (dict(clustering='teacher'), 'teacher_depths'),
+        (dict(arch='tiny_teacher', clustering='conv'), 'teacher_depths'),
+        (dict(assignment='layer'), 'assignment'),
+        (dict(out_indices=(0, 4)), 'out_indices'),
+        (dict(frozen_stages=5), 'frozen_stages'),
+        (dict(frozen_stages=-2), 'frozen_stages'),
+        (dict(out_indices=3), 'out_indices'),
+        (dict(out_indices=(0, 0)), 'out_indices'),
+        (dict(out_indices=()), 'out_indices'),
+        (dict(drop_path_rate=1.0), 'drop_path_rate'),
+        (dict(init_cfg=dict(type='Kaiming')), None),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError) as error:
         PaCaViT(**kwargs).init_weights()
@@ -270,6 +295,7 @@ def test_building_twice_does_not_mutate_the_variant_table():
     import copy
 
     from mmcluster.models.backbones.paca_vit import PACA_ARCHS
+
     before = copy.deepcopy(PACA_ARCHS)
     for _ in range(2):
         timm.create_model('paca_tiny_teacher', drop_path_rate=0.2)

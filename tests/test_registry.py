@@ -1,21 +1,26 @@
 """`import mmcluster` registers everything where mmdet, mmseg and timm configs look."""
+
 import subprocess
 import sys
 
 
 def test_import_registers_in_mmdet_mmseg_and_timm():
-    code = ('import mmcluster, timm\n'
-            'from mmdet.registry import MODELS as D\n'
-            'from mmseg.registry import MODELS as S\n'
-            'assert D.get("PaCaViT") is S.get("PaCaViT") is mmcluster.models.PaCaViT\n'
-            'assert S.get("PaCaHead") is mmcluster.models.PaCaHead\n'
-            'assert set(timm.list_models("paca_*")) == {"paca_tiny", "paca_small", "paca_base", "paca_small_mlp",'
-            ' "paca_tiny_teacher", "paca_small_teacher", "paca_base_teacher"}\n')
+    code = (
+        'import mmcluster, timm\n'
+        'from mmdet.registry import MODELS as D\n'
+        'from mmseg.registry import MODELS as S\n'
+        'assert D.get("PaCaViT") is S.get("PaCaViT") is mmcluster.models.PaCaViT\n'
+        'assert S.get("PaCaHead") is mmcluster.models.PaCaHead\n'
+        'assert set(timm.list_models("paca_*")) == {"paca_tiny", "paca_small", "paca_base", "paca_small_mlp",'
+        ' "paca_tiny_teacher", "paca_small_teacher", "paca_base_teacher"}\n'
+    )
     subprocess.run([sys.executable, '-c', code], check=True)  # a fresh interpreter: nothing imported before
 
 
 def test_nothing_registered_without_the_import():
-    code = ('from mmdet.registry import MODELS as D\n'
-            'from mmseg.registry import MODELS as S\n'
-            'assert D.get("PaCaViT") is None and S.get("PaCaHead") is None\n')
+    code = (
+        'from mmdet.registry import MODELS as D\n'
+        'from mmseg.registry import MODELS as S\n'
+        'assert D.get("PaCaViT") is None and S.get("PaCaHead") is None\n'
+    )
     subprocess.run([sys.executable, '-c', code], check=True)

@@ -22,10 +22,16 @@ def shapes_options(shapes_root, kind):
     """--cfg-options pointing a demo config at another copy of the shapes dataset."""
     if kind == 'det':
         root = f'{shapes_root}/coco/'
-        return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
-                f'test_dataloader.dataset.data_root={root}',
-                f'val_evaluator.ann_file={root}annotations/instances_val.json',
-                f'test_evaluator.ann_file={root}annotations/instances_val.json']
+        return [
+            f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}',
+            f'val_evaluator.ann_file={root}annotations/instances_val.json',
+            f'test_evaluator.ann_file={root}annotations/instances_val.json',
+        ]
     root = f'{shapes_root}/ade'
-    return [f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
-            f'test_dataloader.dataset.data_root={root}']
+    return [
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.data_root={root}',
+    ]

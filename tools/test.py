@@ -10,6 +10,7 @@ the config's model exactly: shape mismatches, missing and unexpected keys stop t
 machines without GPUs. mmcluster is imported as the installed package (``tools/setup_env.sh`` installs it
 editable in .venv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--work-dir', help='where the evaluation log goes (default: ./work_dirs/CONFIG_NAME)')
     parser.add_argument('--show-dir', help='draw predictions of every test image into this directory')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. test_dataloader.batch_size=4')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='override config entries, e.g. test_dataloader.batch_size=4'
+    )
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ Differences from mmdet/mmseg's own tools/train.py:
 
 mmcluster is imported as the installed package (``tools/setup_env.sh`` installs it editable in .venv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='where logs and checkpoints go (default: ./work_dirs/CONFIG_NAME)')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (AmpOptimWrapper)')
     parser.add_argument('--amp-dtype', choices=AMP_DTYPES, help='autocast dtype with --amp (default float16)')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by the actual batch size over the config\'s auto_scale_lr.base_batch_size')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT, or from the latest checkpoint in the work dir if none is given')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. train_cfg.max_epochs=1')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help="scale the lr by the actual batch size over the config's auto_scale_lr.base_batch_size",
+    )
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from CKPT, or from the latest checkpoint in the work dir if none is given',
+    )
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='override config entries, e.g. train_cfg.max_epochs=1'
+    )
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -83,6 +93,7 @@ def main(argv=None) -> None:
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else None
     if runner is None:
         from mmengine.registry import RUNNERS
+
         runner = RUNNERS.build(cfg)
     if note:
         runner.logger.warning(note)

@@ -13,6 +13,7 @@ ADE20K conventions: label 0 is "unlabelled" (here: a thin ring around each shape
 ``reduce_zero_label=True``; label 1 is background, labels 2.. are the shape classes, so after
 reduction the classes are :data:`SEMANTIC_CLASSES`.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,10 @@ def _polygon(cls: str, cx: float, cy: float, radius: float, angle: float) -> lis
         n, offset = 4, angle
     else:
         n, offset = 3, angle
-    return [(cx + radius * math.cos(offset + 2 * math.pi * k / n), cy + radius * math.sin(offset + 2 * math.pi * k / n))
-            for k in range(n)]
+    return [
+        (cx + radius * math.cos(offset + 2 * math.pi * k / n), cy + radius * math.sin(offset + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
 
 
 def _texture(cls: str, size: int, rng: np.random.RandomState) -> np.ndarray:
@@ -134,12 +137,20 @@ def make_shapes_dataset(root: str | Path, spec: ShapesSpec = ShapesSpec()) -> Pa
             for cls, polygon, mask in instances:
                 label[_dilate(mask, 1) & ~mask & (label == 1)] = 0  # unlabelled ring
                 label[mask] = SEMANTIC_CLASSES.index(cls) + 1
-                annotations.append(dict(
-                    id=len(annotations) + 1, image_id=index + 1, category_id=INSTANCE_CLASSES.index(cls) + 1,
-                    segmentation=[[round(c, 2) for point in polygon for c in point]], area=float(mask.sum()),
-                    bbox=_box(mask), iscrowd=0))
+                annotations.append(
+                    dict(
+                        id=len(annotations) + 1,
+                        image_id=index + 1,
+                        category_id=INSTANCE_CLASSES.index(cls) + 1,
+                        segmentation=[[round(c, 2) for point in polygon for c in point]],
+                        area=float(mask.sum()),
+                        bbox=_box(mask),
+                        iscrowd=0,
+                    )
+                )
             Image.fromarray(label).save(ade_ann_dir / f'{name}.png')
         (root / 'coco' / 'annotations' / f'instances_{split}.json').write_text(
-            json.dumps(dict(images=images, annotations=annotations, categories=categories)))
+            json.dumps(dict(images=images, annotations=annotations, categories=categories))
+        )
     stamp.write_text(json.dumps(meta))
     return root

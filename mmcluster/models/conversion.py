@@ -10,6 +10,7 @@ Each family registers a :class:`FamilyConverter` under its name (``paca_vit``, .
 up here by family (or let :func:`detect_family` find it from the keys) instead of importing them by name.
 Needs torch only.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,13 @@ class RuleTable:
         fields: ``fields(groups, context) -> dict`` of named template fields for one matched key.
     """
 
-    def __init__(self, name: str, rules: Sequence[tuple[str, str]],
-                 context: Optional[Callable[[Mapping[str, torch.Tensor]], Any]] = None,
-                 fields: Optional[Callable[[tuple, Any], dict]] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        rules: Sequence[tuple[str, str]],
+        context: Optional[Callable[[Mapping[str, torch.Tensor]], Any]] = None,
+        fields: Optional[Callable[[tuple, Any], dict]] = None,
+    ) -> None:
         self.name = name
         self.rules = [(re.compile(pattern), template) for pattern, template in rules]
         self.context = context
@@ -47,7 +52,7 @@ class RuleTable:
             if match is not None:
                 groups = match.groups()
                 extra = self.fields(groups, context) if self.fields is not None else {}
-                return template.format(*groups, **extra) + key[match.end():]
+                return template.format(*groups, **extra) + key[match.end() :]
         raise KeyError(f'{self.name}: no conversion rule matches the key {key!r}')
 
     def __call__(self, state_dict: Mapping[str, torch.Tensor]) -> StateDict:
@@ -112,7 +117,7 @@ class FamilyConverter:
 
 
 def _split(state_dict: Mapping[str, torch.Tensor], prefix: str) -> tuple[OrderedDict, OrderedDict]:
-    inside = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
+    inside = OrderedDict((k[len(prefix) :], v) for k, v in state_dict.items() if k.startswith(prefix))
     outside = OrderedDict((k, v) for k, v in state_dict.items() if not k.startswith(prefix))
     return inside, outside
 
@@ -142,6 +147,9 @@ def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
     backbone = _split(state_dict, 'backbone.')[0] or state_dict
     found = [name for name, converter in _CONVERTERS.items() if converter.is_official(backbone)]
     if len(found) != 1:
-        raise ValueError('the checkpoint is in no known official layout' if not found
-                         else f'the checkpoint matches several official layouts: {found}')
+        raise ValueError(
+            'the checkpoint is in no known official layout'
+            if not found
+            else f'the checkpoint matches several official layouts: {found}'
+        )
     return found[0]

@@ -1,4 +1,5 @@
 """mmcluster's backbones in mmdet's MODELS registry (imported by that registry; see mmcluster.registry)."""
+
 from mmdet.registry import MODELS
 
 from .backbones import MM_BACKBONES

@@ -1,5 +1,6 @@
 """mmcluster's backbones and decode heads in mmseg's MODELS registry (imported by that registry; see
 mmcluster.registry). The decode heads register themselves when their module is imported."""
+
 from mmseg.registry import MODELS
 
 from . import decode_heads  # noqa: F401  (registers PaCaHead)

@@ -19,6 +19,7 @@ registers it for every mmengine checkpoint scheme, so that mmengine's Runner (``
 OpenMMLab stack); the mmengine parts (``HistoryBuffer`` in the allow-list, the model-zoo schemes, the
 registration) are used where mmengine is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ except ImportError:  # torch + timm only: the timm models load their checkpoints
     def print_log(msg, logger=None, level=logging.INFO):
         (logger if isinstance(logger, logging.Logger) else logging.getLogger('mmcluster')).log(level, msg)
 
+
 _np_core = getattr(np, '_core', None) or np.core
 _HISTORY_BUFFER_STATISTICS = frozenset({'min', 'max', 'current', 'mean'})  # HistoryBuffer's defaults
 
@@ -71,8 +73,10 @@ def _numpy_globals() -> list:
         entries.append(func)
         # checkpoints written with numpy 1.x name the module numpy.core
         entries.append((func, f'numpy.core.multiarray.{name}'))
-    dtype_classes = {type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
-                                                  np.float16, np.float32, np.float64)}
+    dtype_classes = {
+        type(np.dtype(t))
+        for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16, np.float32, np.float64)
+    }
     entries.extend(sorted(dtype_classes, key=lambda c: c.__name__))
     return entries
 
@@ -81,9 +85,15 @@ def _numpy_globals() -> list:
 # `argparse.Namespace` of the training arguments that timm's and DeiT's training scripts store as 'args' (the
 # official PaCa-ViT ImageNet files come from timm's train.py, SecViT's from a DeiT-style main.py): a plain
 # attribute container, rebuilt by setting its attributes, whose values must be allowed themselves.
-SAFE_CHECKPOINT_GLOBALS: list = ([HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'),
-                                  (_history_buffer_getattr, '__builtin__.getattr')] if HistoryBuffer is not None
-                                 else []) + _numpy_globals() + [argparse.Namespace]
+SAFE_CHECKPOINT_GLOBALS: list = (
+    (
+        [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), (_history_buffer_getattr, '__builtin__.getattr')]
+        if HistoryBuffer is not None
+        else []
+    )
+    + _numpy_globals()
+    + [argparse.Namespace]
+)
 
 
 class CheckpointError(RuntimeError):
@@ -122,10 +132,12 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 
 # What a caller may append to the error when a URL cannot be fetched; the default is for configs.
-OFFLINE_HINT = ('To work offline, download the file elsewhere and point at the local copy instead: in a config, '
-                '`--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth` (or `load_from=...`); for a '
-                "timm model, `pretrained_cfg_overlay=dict(file='/path/to/file.pth')`; for tools/test.py, the "
-                'CHECKPOINT argument.')
+OFFLINE_HINT = (
+    'To work offline, download the file elsewhere and point at the local copy instead: in a config, '
+    '`--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth` (or `load_from=...`); for a '
+    "timm model, `pretrained_cfg_overlay=dict(file='/path/to/file.pth')`; for tools/test.py, the "
+    'CHECKPOINT argument.'
+)
 
 _ALLOWED = 'tensors, containers, numpy arrays and mmengine HistoryBuffers'
 
@@ -170,7 +182,7 @@ def _file_kind(path: Optional[str]) -> str:
     if head.startswith(b'PK\x03\x04') and not zipfile.is_zipfile(path):
         return 'is truncated (a zip archive without its end: an interrupted download or copy?)'
     if head.startswith(b'\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19'):  # torch.save's legacy format
-        return 'is truncated or corrupt (torch.save\'s legacy format, cut short: an interrupted download or copy?)'
+        return "is truncated or corrupt (torch.save's legacy format, cut short: an interrupted download or copy?)"
     return 'is not a PyTorch checkpoint (a file written by torch.save), or it is truncated'
 
 
@@ -183,20 +195,30 @@ def _torch_load(source, name: str, map_location, path: Optional[str] = None, ext
         message = str(error)
         refused = _refused_global(message)
         if refused is not None and not _names_a_global(refused):  # e.g. a name cut short in a truncated file
-            raise CheckpointError(f'{name} {_file_kind(path)} (it names {refused}, which does not exist).'
-                                  f'{extra}') from None
+            raise CheckpointError(
+                f'{name} {_file_kind(path)} (it names {refused}, which does not exist).{extra}'
+            ) from None
         if refused is not None:
             raise UnsafeCheckpointError(
                 f'{name} asks to unpickle {refused}, which mmcluster refuses to unpickle: it loads checkpoints '
                 f'with weights_only=True and allows only {_ALLOWED}. Nothing in the file was run. If you '
                 "wrote the file yourself, save only its tensors (e.g. torch.save(checkpoint['state_dict'], path)).",
-                global_name=refused) from None
+                global_name=refused,
+            ) from None
         # torch's message advises weights_only=False; drop it (from None) and keep only the unpickler's detail
         raise CheckpointError(f'{name} {_file_kind(path)} ({_weights_only_detail(message)}).{extra}') from None
     except (PermissionError, IsADirectoryError, FileNotFoundError):
         raise
-    except (EOFError, KeyError, IndexError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError,
-            OSError) as error:  # torch's zip reader fails on some truncated files with EINVAL
+    except (
+        EOFError,
+        KeyError,
+        IndexError,
+        ValueError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+        OverflowError,
+        OSError,
+    ) as error:  # torch's zip reader fails on some truncated files with EINVAL
         detail = f' ({type(error).__name__}: {error})' if str(error) else ''
         raise CheckpointError(f'{name} {_file_kind(path)}{detail}.{extra}') from None
     except RuntimeError as error:
@@ -257,7 +279,10 @@ def download_checkpoint(url: str, hint: Optional[str] = None, progress: Optional
             reason = str(getattr(error, 'reason', None) or error) or type(error).__name__
         raise CheckpointDownloadError(
             f'could not fetch checkpoint {url} ({reason}). {hint or OFFLINE_HINT} Or copy the file to {cached}: '
-            'it is looked up there before any download.', url=url, cached_file=cached) from error
+            'it is looked up there before any download.',
+            url=url,
+            cached_file=cached,
+        ) from error
     return cached
 
 
@@ -288,10 +313,13 @@ def _load_url(url: str, map_location, hint: Optional[str]):
 
 
 def _model_zoo_url(location: str, prefix: str, urls: dict, deprecated: Optional[dict] = None) -> str:
-    model_name = location[len(prefix):]
+    model_name = location[len(prefix) :]
     if deprecated and model_name in deprecated:
-        print_log(f'{prefix}{model_name} is deprecated in favor of {prefix}{deprecated[model_name]}',
-                  logger='current', level=logging.WARNING)
+        print_log(
+            f'{prefix}{model_name} is deprecated in favor of {prefix}{deprecated[model_name]}',
+            logger='current',
+            level=logging.WARNING,
+        )
         model_name = deprecated[model_name]
     if model_name not in urls:
         raise CheckpointError(f'{location}: {prefix} knows no model {model_name!r}')
@@ -300,19 +328,25 @@ def _model_zoo_url(location: str, prefix: str, urls: dict, deprecated: Optional[
 
 def _load_torchvision(location, map_location, hint):
     from mmengine.runner import checkpoint as mmengine_checkpoint
+
     prefix = 'modelzoo://' if location.startswith('modelzoo://') else 'torchvision://'
     if prefix == 'modelzoo://':
-        print_log('The URL scheme of "modelzoo://" is deprecated, please use "torchvision://" instead',
-                  logger='current', level=logging.WARNING)
+        print_log(
+            'The URL scheme of "modelzoo://" is deprecated, please use "torchvision://" instead',
+            logger='current',
+            level=logging.WARNING,
+        )
     url = _model_zoo_url(location, prefix, mmengine_checkpoint.get_torchvision_models())
     return _load_url(url, map_location, hint)
 
 
 def _load_openmmlab(location, map_location, hint):
     from mmengine.runner import checkpoint as mmengine_checkpoint
+
     prefix = 'open-mmlab://' if location.startswith('open-mmlab://') else 'openmmlab://'
-    url = _model_zoo_url(location, prefix, mmengine_checkpoint.get_external_models(),
-                         mmengine_checkpoint.get_deprecated_model_names())
+    url = _model_zoo_url(
+        location, prefix, mmengine_checkpoint.get_external_models(), mmengine_checkpoint.get_deprecated_model_names()
+    )
     if url.startswith(('http://', 'https://')):
         return _load_url(url, map_location, hint)
     return _load_file(os.path.join(mmengine_checkpoint._get_mmengine_home(), url), map_location)
@@ -320,23 +354,26 @@ def _load_openmmlab(location, map_location, hint):
 
 def _load_mmcls(location, map_location, hint):
     from mmengine.runner import checkpoint as mmengine_checkpoint
+
     url = _model_zoo_url(location, 'mmcls://', mmengine_checkpoint.get_mmcls_models())
     return mmengine_checkpoint._process_mmcls_checkpoint(_load_url(url, map_location, hint))
 
 
 def _load_ceph(location, map_location, hint):
     from mmengine.fileio import get_file_backend
+
     backend = get_file_backend(location, backend_args={'backend': 'petrel'})
     return _torch_load(io.BytesIO(backend.get(location)), location, map_location)
 
 
 def _load_pavi(location, map_location, hint):
     from tempfile import TemporaryDirectory
+
     try:
         from pavi import modelcloud
     except ImportError:
         raise ImportError('Please install pavi to load checkpoint from modelcloud.')
-    model = modelcloud.get(location[len('pavi://'):])
+    model = modelcloud.get(location[len('pavi://') :])
     with TemporaryDirectory() as tmp_dir:
         downloaded = os.path.join(tmp_dir, model.name)
         model.download(downloaded)
@@ -393,6 +430,7 @@ def load_checkpoint_file(location: Union[str, os.PathLike], map_location='cpu', 
             return load(location, map_location, hint)
     try:
         from mmengine.runner.checkpoint import CheckpointLoader
+
         schemes = CheckpointLoader._schemes
     except ImportError:
         schemes = {}
@@ -435,6 +473,7 @@ def install_safe_checkpoint_loading() -> None:
     if not hasattr(torch.serialization, 'safe_globals'):
         raise RuntimeError(f'mmcluster needs torch >= 2.6 for safe checkpoint loading, found {torch.__version__}')
     from mmengine.runner.checkpoint import CheckpointLoader
+
     loaders = {}
     for prefix, loader in list(CheckpointLoader._schemes.items()):
         if prefix in _SCHEMES:
@@ -443,9 +482,12 @@ def install_safe_checkpoint_loading() -> None:
         CheckpointLoader.register_scheme(prefix, _restricted(loader), force=True)
 
 
-def check_checkpoint_fits(model: nn.Module, checkpoint: dict, source: str,
-                          revise_keys: Iterable[tuple[str, str]] = ((r'^module\.', ''),),
-                          ) -> 'OrderedDict[str, torch.Tensor]':
+def check_checkpoint_fits(
+    model: nn.Module,
+    checkpoint: dict,
+    source: str,
+    revise_keys: Iterable[tuple[str, str]] = ((r'^module\.', ''),),
+) -> 'OrderedDict[str, torch.Tensor]':
     """The weights of ``checkpoint`` for ``model``, after checking that they fit it exactly.
 
     The weights are read as mmengine's Runner reads them (the ``'state_dict'`` entry, or the checkpoint
@@ -458,28 +500,36 @@ def check_checkpoint_fits(model: nn.Module, checkpoint: dict, source: str,
         raise CheckpointError(f'{source} holds a {type(checkpoint).__name__}, not a checkpoint dict')
     state_dict = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
     for pattern, replacement in revise_keys:
-        state_dict = OrderedDict((re.sub(pattern, replacement, k) if isinstance(k, str) else k, v)
-                                 for k, v in state_dict.items())
+        state_dict = OrderedDict(
+            (re.sub(pattern, replacement, k) if isinstance(k, str) else k, v) for k, v in state_dict.items()
+        )
     own = model.state_dict()
-    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
-              if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    shapes = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
+    ]
     missing = [k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state_dict if k not in own]
     if shapes or missing or unexpected:
-        fitting = sum(1 for k, v in state_dict.items()
-                      if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape))
+        fitting = sum(
+            1
+            for k, v in state_dict.items()
+            if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape)
+        )
         lines = [f'{source} does not fit {type(model).__name__}: {fitting} of its {len(own)} tensors match.']
         if shapes:
-            lines.append(f'shape mismatch ({len(shapes)}): '
-                         + _short_list((f'{k} (checkpoint {c}, model {m})' for k, c, m in shapes), 50))
+            lines.append(
+                f'shape mismatch ({len(shapes)}): '
+                + _short_list((f'{k} (checkpoint {c}, model {m})' for k, c, m in shapes), 50)
+            )
         if missing:
             lines.append(f'missing in the checkpoint ({len(missing)}): {_short_list(missing, 50)}')
         if unexpected:
             lines.append(f'unexpected in the checkpoint ({len(unexpected)}): {_short_list(unexpected, 50)}')
         if 'state_dict' not in checkpoint and not fitting:
-            lines.append(f'The checkpoint has no \'state_dict\' entry; its top-level keys: '
-                         f'{_short_list(checkpoint, 8)}.')
-        lines.append('Is it a checkpoint of this config\'s model?')
+            lines.append(f"The checkpoint has no 'state_dict' entry; its top-level keys: {_short_list(checkpoint, 8)}.")
+        lines.append("Is it a checkpoint of this config's model?")
         raise CheckpointMismatchError('\n'.join(lines), shapes, missing, unexpected)
     return state_dict
 
@@ -498,7 +548,7 @@ def extract_state_dict(checkpoint: Union[dict, 'OrderedDict']) -> 'OrderedDict[s
             state_dict = state_dict[key]
             break
     if state_dict and all(k.startswith('module.') for k in state_dict):
-        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+        state_dict = {k[len('module.') :]: v for k, v in state_dict.items()}
     return OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor))
 
 
@@ -513,8 +563,10 @@ class LoadReport:
         self.ignored: list[str] = []
 
     def __repr__(self) -> str:
-        return (f'LoadReport(loaded={len(self.loaded)}, reinitialized={len(self.reinitialized)}, '
-                f'missing={len(self.missing)}, unexpected={len(self.unexpected)}, ignored={len(self.ignored)})')
+        return (
+            f'LoadReport(loaded={len(self.loaded)}, reinitialized={len(self.reinitialized)}, '
+            f'missing={len(self.missing)}, unexpected={len(self.unexpected)}, ignored={len(self.ignored)})'
+        )
 
 
 def _short_list(keys: Iterable[str], limit: int = 20) -> str:
@@ -523,11 +575,16 @@ def _short_list(keys: Iterable[str], limit: int = 20) -> str:
     return text + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
-def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = None,
-                    convert: Optional[Callable[[dict], dict]] = None,
-                    may_reinit: Optional[Callable[[str], bool]] = None,
-                    ignore_unexpected: Iterable[str] = (), logger: Union[str, logging.Logger] = 'current',
-                    hint: Optional[str] = None) -> LoadReport:
+def load_pretrained(
+    module: nn.Module,
+    checkpoint: str,
+    prefix: Optional[str] = None,
+    convert: Optional[Callable[[dict], dict]] = None,
+    may_reinit: Optional[Callable[[str], bool]] = None,
+    ignore_unexpected: Iterable[str] = (),
+    logger: Union[str, logging.Logger] = 'current',
+    hint: Optional[str] = None,
+) -> LoadReport:
     """Load ``checkpoint`` (a path or URL) into an already initialised ``module`` and report what did not match.
 
     Args:
@@ -557,7 +614,7 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
     if prefix is None and any(k.startswith('backbone.') for k in state_dict):
         prefix = 'backbone.'
     if prefix:
-        state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
+        state_dict = OrderedDict((k[len(prefix) :], v) for k, v in state_dict.items() if k.startswith(prefix))
         if not state_dict:
             raise ValueError(f'no key of {checkpoint} starts with prefix {prefix!r}')
     if convert is not None:
@@ -579,8 +636,10 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
             to_load[key] = value
             report.loaded.append(key)
     if wrong_shape:
-        raise ValueError(f'{checkpoint} does not fit {type(module).__name__}: shape mismatch for '
-                         + _short_list(f'{k} (checkpoint {c}, model {m})' for k, c, m in wrong_shape))
+        raise ValueError(
+            f'{checkpoint} does not fit {type(module).__name__}: shape mismatch for '
+            + _short_list(f'{k} (checkpoint {c}, model {m})' for k, c, m in wrong_shape)
+        )
     if not to_load:
         raise ValueError(f'no tensor of {checkpoint} matches {type(module).__name__}: is it the right model?')
     report.missing = [k for k in own if k not in to_load and k not in {r[0] for r in report.reinitialized}]
@@ -589,16 +648,26 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
     name = type(module).__name__
     print_log(f'{name}: loaded {len(report.loaded)}/{len(own)} tensors from {checkpoint}', logger=logger)
     if report.reinitialized:
-        print_log(f'{name}: re-initialised (shape differs from the checkpoint): '
-                  + _short_list(f'{k} {c} -> {m}' for k, c, m in report.reinitialized), logger=logger)
+        print_log(
+            f'{name}: re-initialised (shape differs from the checkpoint): '
+            + _short_list(f'{k} {c} -> {m}' for k, c, m in report.reinitialized),
+            logger=logger,
+        )
     if report.missing:
-        print_log(f'{name}: missing in the checkpoint, left initialised: {_short_list(report.missing)}',
-                  logger=logger, level=logging.WARNING)
+        print_log(
+            f'{name}: missing in the checkpoint, left initialised: {_short_list(report.missing)}',
+            logger=logger,
+            level=logging.WARNING,
+        )
     if report.unexpected:
-        print_log(f'{name}: unexpected in the checkpoint, not loaded: {_short_list(report.unexpected)}',
-                  logger=logger, level=logging.WARNING)
+        print_log(
+            f'{name}: unexpected in the checkpoint, not loaded: {_short_list(report.unexpected)}',
+            logger=logger,
+            level=logging.WARNING,
+        )
     if report.ignored:
-        print_log(f'{name}: ignored {len(report.ignored)} checkpoint tensors ({_short_list(report.ignored, 4)})',
-                  logger=logger)
+        print_log(
+            f'{name}: ignored {len(report.ignored)} checkpoint tensors ({_short_list(report.ignored, 4)})',
+            logger=logger,
+        )
     return report
-

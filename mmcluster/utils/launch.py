@@ -1,4 +1,5 @@
 """Launch helpers for tools/train.py and tools/test.py where the OpenMMLab stack breaks."""
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,10 @@ def resolve_auto_resume(cfg: Config) -> Optional[str]:
     if os.path.isfile(os.path.join(cfg.work_dir, 'last_checkpoint')):  # what mmengine's find_latest_checkpoint reads
         return None
     cfg.resume = False
-    return (f'--resume: no checkpoint found in {cfg.work_dir} (no last_checkpoint file naming one); '
-            'training starts from scratch')
+    return (
+        f'--resume: no checkpoint found in {cfg.work_dir} (no last_checkpoint file naming one); '
+        'training starts from scratch'
+    )
 
 
 def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
@@ -74,8 +77,9 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     if missing:
         raise RuntimeError(f'--launcher pytorch needs torchrun (tools/dist_train.sh); environment lacks {missing}')
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
-                                      world_size=int(os.environ['WORLD_SIZE']))
+        torch_dist.init_process_group(
+            backend='gloo', rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE'])
+        )
     env_cfg = cfg.setdefault('env_cfg', {})
     env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))

@@ -1,6 +1,7 @@
 """The mmdet / mmseg backbone contract (mmcluster.models.backbones.base.BackboneContract), for every
 backbone that mmcluster registers: frozen_stages as mmdet's Swin means it, with_cp, train(), norm_eval,
 mmseg's deprecated `pretrained`, argument checks, fp32 cluster pooling under autocast."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ def test_every_backbone_has_a_small_variant_here():
 def _frozen_pattern(stem, stages):
     def frozen(module):
         return all(not p.requires_grad for p in module.parameters()) and not module.training
+
     return [frozen(stem)] + [frozen(stage) for stage in stages]
 
 
@@ -31,8 +33,10 @@ def test_frozen_stages_mean_what_mmdet_swin_means(cls, frozen_stages):
     """-1 freezes nothing, 0 the stem only, k the stem and the first k stages: the same pattern as mmdet's
     SwinTransformer built with the same value."""
     from mmdet.models.backbones import SwinTransformer
-    swin = SwinTransformer(embed_dims=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2,
-                           frozen_stages=frozen_stages)
+
+    swin = SwinTransformer(
+        embed_dims=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2, frozen_stages=frozen_stages
+    )
     swin.train()  # mmdet's Swin.train returns None
     ours = build(cls, frozen_stages=frozen_stages).train()
     expected = _frozen_pattern(swin.patch_embed, swin.stages)
@@ -61,6 +65,7 @@ def _saved_bytes(model, x):
     def pack(t):
         total[0] += t.numel() * t.element_size()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outs = model(x)
     return outs, total[0]
@@ -96,11 +101,14 @@ def test_outputs_are_a_list_of_contiguous_nchw_maps(cls):
 def test_numpy_integers_are_accepted_and_bad_arguments_named(cls):
     model = build(cls, out_indices=np.arange(4), frozen_stages=np.int64(1))
     assert model.out_indices == (0, 1, 2, 3) and type(model.out_indices[0]) is int
-    for kwargs, name in [(dict(out_indices=3), 'out_indices'), (dict(out_indices=(0, 1.0)), 'out_indices'),
-                         (dict(frozen_stages=1.5), 'frozen_stages'), (dict(with_cp=True, frozen_stages=9),
-                                                                      'frozen_stages'),
-                         (dict(init_cfg=dict(type='Pretrained')), 'init_cfg'),
-                         (dict(pretrained=3), 'pretrained')]:
+    for kwargs, name in [
+        (dict(out_indices=3), 'out_indices'),
+        (dict(out_indices=(0, 1.0)), 'out_indices'),
+        (dict(frozen_stages=1.5), 'frozen_stages'),
+        (dict(with_cp=True, frozen_stages=9), 'frozen_stages'),
+        (dict(init_cfg=dict(type='Pretrained')), 'init_cfg'),
+        (dict(pretrained=3), 'pretrained'),
+    ]:
         with pytest.raises(ValueError, match=name):
             build(cls, **kwargs)
 
@@ -110,8 +118,9 @@ def test_mmseg_deprecated_pretrained_argument(cls, tmp_path):
     model = build(cls, pretrained=str(tmp_path / 'weights.pth'))
     assert model.init_cfg == dict(type='Pretrained', checkpoint=str(tmp_path / 'weights.pth'))
     with pytest.warns(UserWarning, match='open-mmlab://resnet50_v1c'):
-        model = build(cls, pretrained='open-mmlab://resnet50_v1c',
-                      init_cfg=dict(type='Pretrained', checkpoint='ours.pth'))
+        model = build(
+            cls, pretrained='open-mmlab://resnet50_v1c', init_cfg=dict(type='Pretrained', checkpoint='ours.pth')
+        )
     assert model.init_cfg['checkpoint'] == 'ours.pth'
 
 
@@ -121,7 +130,7 @@ def test_cluster_pooling_runs_in_fp32_under_autocast():
     torch.manual_seed(0)
     tokens = torch.randn(1, 256 * 256, 32).half()
     assignment = soft_assignment(torch.randn(1, 100, 256 * 256) * 2)
-    assert (assignment.half() < 2 ** -14).float().mean() > 0.9  # below fp16's smallest normal number
+    assert (assignment.half() < 2**-14).float().mean() > 0.9  # below fp16's smallest normal number
     reference = assignment @ tokens.float()
     with torch.autocast('cpu', dtype=torch.float16):
         naive = torch.matmul(assignment, tokens)

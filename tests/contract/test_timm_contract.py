@@ -1,5 +1,6 @@
 """Every timm model that mmcluster registers honours timm's model interface, checked as timm's own model
 tests check it: forward and backward, features_only, forward_intermediates, pretrained config, classifier."""
+
 import math
 
 import pytest
@@ -10,8 +11,18 @@ from timm.models import get_pretrained_cfg, group_parameters, model_entrypoint
 import mmcluster  # noqa: F401  (registers the models)
 
 MODELS = sorted(n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('mmcluster.'))
-CFG_KEYS = ('url', 'num_classes', 'input_size', 'pool_size', 'crop_pct', 'interpolation', 'mean', 'std',
-            'first_conv', 'classifier')
+CFG_KEYS = (
+    'url',
+    'num_classes',
+    'input_size',
+    'pool_size',
+    'crop_pct',
+    'interpolation',
+    'mean',
+    'std',
+    'first_conv',
+    'classifier',
+)
 
 
 def test_every_family_registers_models():

@@ -1,5 +1,6 @@
 """Fixtures for the checkpoint-safety tests: a local http server, a malicious checkpoint, a private torch
 hub cache."""
+
 import http.server
 import socket
 import threading
@@ -84,6 +85,7 @@ def paca():
     """A PaCa-Tiny backbone shared by tests that only call ``init_weights`` with another ``init_cfg``
     (building one takes seconds)."""
     from mmcluster.models.backbones.paca_vit import PaCaViT
+
     return PaCaViT(arch='tiny')
 
 

@@ -1,5 +1,6 @@
 """Checkpoint errors name the file and say what is wrong with it, without torch's advice to turn
 weights_only off; a model that a checkpoint does not fit is an error that lists the keys."""
+
 import argparse
 import decimal
 import pickle
@@ -39,24 +40,33 @@ def good_bytes(tmp_path):
     return path.read_bytes()
 
 
-@pytest.mark.parametrize('kind,expected', [('empty', 'is empty'), ('truncated', 'is truncated'),
-                                           ('legacy_truncated', 'is truncated'),
-                                           ('text', 'is not a PyTorch checkpoint')])
+@pytest.mark.parametrize(
+    'kind,expected',
+    [
+        ('empty', 'is empty'),
+        ('truncated', 'is truncated'),
+        ('legacy_truncated', 'is truncated'),
+        ('text', 'is not a PyTorch checkpoint'),
+    ],
+)
 def test_unreadable_files_name_the_path_and_the_problem(kind, expected, tmp_path, good_bytes, paca):
     path = tmp_path / f'{kind}.pth'
     if kind == 'empty':
         path.write_bytes(b'')
     elif kind == 'truncated':
-        path.write_bytes(good_bytes[:len(good_bytes) // 2])
+        path.write_bytes(good_bytes[: len(good_bytes) // 2])
     elif kind == 'legacy_truncated':
         torch.save({'w': torch.randn(64, 64)}, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
         legacy = (tmp_path / 'legacy.pth').read_bytes()
-        path.write_bytes(legacy[:len(legacy) // 2])
+        path.write_bytes(legacy[: len(legacy) // 2])
     else:
         path.write_text('model weights are elsewhere\n')
-    loaders = [lambda: load_checkpoint_file(path), lambda: safe_load(path),
-               lambda: CheckpointLoader.load_checkpoint(str(path), map_location='cpu'),  # Runner's load_from/resume
-               lambda: init_from(paca, path)]
+    loaders = [
+        lambda: load_checkpoint_file(path),
+        lambda: safe_load(path),
+        lambda: CheckpointLoader.load_checkpoint(str(path), map_location='cpu'),  # Runner's load_from/resume
+        lambda: init_from(paca, path),
+    ]
     for load in loaders:
         with pytest.raises(CheckpointError) as info:
             load()
@@ -88,8 +98,11 @@ def test_training_arguments_of_timm_and_deit_scripts_load(tmp_path):
 
 def test_a_missing_file_is_named_and_never_skipped(tmp_path, paca):
     missing = tmp_path / 'nowhere' / 'paca_tiny.pth'
-    for load in (lambda: load_checkpoint_file(missing), lambda: CheckpointLoader.load_checkpoint(str(missing)),
-                 lambda: init_from(paca, missing)):
+    for load in (
+        lambda: load_checkpoint_file(missing),
+        lambda: CheckpointLoader.load_checkpoint(str(missing)),
+        lambda: init_from(paca, missing),
+    ):
         with pytest.raises(FileNotFoundError, match=str(missing)):
             load()
 
@@ -99,6 +112,7 @@ def det_model():
     from mmengine.registry import MODELS
 
     from mmcluster.apis import load_config
+
     cfg = load_config(DET_DEMO)
     return cfg, MODELS.build(cfg.model)
 
@@ -131,6 +145,7 @@ def test_check_checkpoint_fits_lists_every_kind_of_mismatch(det_model, tmp_path)
 
 def test_build_model_stops_on_a_checkpoint_that_does_not_fit(det_model, tmp_path):
     from mmcluster.apis import build_model
+
     cfg, model = det_model
     path = tmp_path / 'wrong.pth'
     _wrong_detector_checkpoint(model, path)
@@ -146,6 +161,7 @@ def test_build_model_stops_on_a_checkpoint_that_does_not_fit(det_model, tmp_path
 
 def test_prepare_image_names_a_file_that_is_not_an_image(det_model, tmp_path):
     from mmcluster.apis import prepare_image
+
     cfg, model = det_model
     model.cfg = cfg
     not_image = tmp_path / 'notes.jpg'

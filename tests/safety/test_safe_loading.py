@@ -1,6 +1,7 @@
 """Checkpoints from every location load with weights_only=True: a malicious file served over http (and
 through every mmengine scheme, and from the download cache) is refused before its payload runs; benign
 files still load."""
+
 import json
 import os
 import pickle
@@ -65,8 +66,10 @@ def test_model_zoo_schemes_refuse_a_malicious_checkpoint(scheme, evil, torch_hom
     monkeypatch.setenv('MMENGINE_HOME', str(mmengine_home))
     monkeypatch.setattr(mmengine_checkpoint, 'get_torchvision_models', lambda: {'evil_net': evil.url})
     monkeypatch.setattr(mmengine_checkpoint, 'get_mmcls_models', lambda: {'evil_net': evil.url})
-    for load in (lambda: CheckpointLoader.load_checkpoint(f'{scheme}evil_net', map_location='cpu'),
-                 lambda: load_checkpoint_file(f'{scheme}evil_net')):
+    for load in (
+        lambda: CheckpointLoader.load_checkpoint(f'{scheme}evil_net', map_location='cpu'),
+        lambda: load_checkpoint_file(f'{scheme}evil_net'),
+    ):
         with pytest.raises(UnsafeCheckpointError, match='builtins.exec'):
             load()
         assert not evil.marker.exists()
@@ -74,8 +77,17 @@ def test_model_zoo_schemes_refuse_a_malicious_checkpoint(scheme, evil, torch_hom
 
 
 def test_every_registered_scheme_is_safe():
-    assert set(CheckpointLoader._schemes) >= {'', 'http://', 'https://', 'open-mmlab://', 'openmmlab://',
-                                              'torchvision://', 'modelzoo://', 'mmcls://', 'pavi://'}
+    assert set(CheckpointLoader._schemes) >= {
+        '',
+        'http://',
+        'https://',
+        'open-mmlab://',
+        'openmmlab://',
+        'torchvision://',
+        'modelzoo://',
+        'mmcls://',
+        'pavi://',
+    }
     for prefix, loader in CheckpointLoader._schemes.items():
         assert getattr(loader, '_mmcluster_safe', False), prefix
         assert loader is not mmengine_checkpoint.load_from_http
@@ -83,8 +95,10 @@ def test_every_registered_scheme_is_safe():
 
 def test_benign_checkpoints_load_over_http_and_from_the_cache(server, torch_home, monkeypatch, paca):
     source = PaCaViT(arch='tiny')
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}, 'meta': {'epoch': 1}},
-               server.root / 'paca_tiny_det.pth')
+    torch.save(
+        {'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}, 'meta': {'epoch': 1}},
+        server.root / 'paca_tiny_det.pth',
+    )
     url = f'{server.url}/paca_tiny_det.pth'
     for _ in range(2):
         init_from(paca, url)
@@ -92,10 +106,17 @@ def test_benign_checkpoints_load_over_http_and_from_the_cache(server, torch_home
     assert server.requests == ['/paca_tiny_det.pth']
     # an mmengine checkpoint (HistoryBuffer, numpy) through a model-zoo name
     from mmengine.logging import MessageHub
+
     hub = MessageHub.get_instance('safety-benign')
     hub.update_scalar('train/loss', 0.25)
-    torch.save({'meta': {'seed': torch.tensor(3).numpy()}, 'message_hub': hub.state_dict(),
-                'state_dict': {'w': torch.ones(2)}}, server.root / 'epoch_1.pth')
+    torch.save(
+        {
+            'meta': {'seed': torch.tensor(3).numpy()},
+            'message_hub': hub.state_dict(),
+            'state_dict': {'w': torch.ones(2)},
+        },
+        server.root / 'epoch_1.pth',
+    )
     monkeypatch.setattr(mmengine_checkpoint, 'get_torchvision_models', lambda: {'net': f'{server.url}/epoch_1.pth'})
     checkpoint = CheckpointLoader.load_checkpoint('torchvision://net', map_location='cpu')
     assert checkpoint['message_hub']['log_scalars']['train/loss'].current() == 0.25
@@ -104,6 +125,7 @@ def test_benign_checkpoints_load_over_http_and_from_the_cache(server, torch_home
 
 def test_offline_init_cfg_names_the_url_and_the_way_out(closed_port_url, torch_home, repo_root, paca):
     from mmengine.config import Config
+
     shipped = Config.fromfile(repo_root / 'configs/paca_vit/mask-rcnn_paca-tiny_fpn_1x_coco.py')
     file_name = shipped.model.backbone.init_cfg.checkpoint.rsplit('/', 1)[1]
     url = f'{closed_port_url}/pacavit/{file_name}'  # the shipped URL's file, on a host that cannot be reached
@@ -137,9 +159,10 @@ def test_load_checkpoint_file_needs_torch_only(tmp_path, evil):
     """The timm models load through load_checkpoint_file where mmengine is not installed."""
     import subprocess
     import sys
+
     good = tmp_path / 'good.pth'
     torch.save({'w': torch.ones(3)}, good)
-    script = f'''
+    script = f"""
 import importlib.util, sys
 class Block:
     def find_spec(self, name, path=None, target=None):
@@ -155,9 +178,14 @@ try:
     module.load_checkpoint_file({evil.url!r})
 except module.UnsafeCheckpointError as error:
     print('refused', error.global_name)
-'''
-    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TORCH_HOME=str(tmp_path / 'torch_home')))
+"""
+    proc = subprocess.run(
+        [sys.executable, '-c', script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TORCH_HOME=str(tmp_path / 'torch_home')),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ['3.0', 'refused', 'builtins.exec']
     assert not evil.marker.exists()

@@ -1,5 +1,6 @@
 """timm.create_model(..., pretrained=True) for mmcluster's models: offline errors name the URL and the way to
 a local file, and a malicious file served over http is refused."""
+
 import pytest
 import timm
 

@@ -1,6 +1,7 @@
 """The tools as a user (or an attacker) runs them: a malicious checkpoint URL is refused by tools/train.py,
 tools/test.py and visualize_clusters.py before its payload runs; tools/test.py and demo/image_demo.py stop
 on a checkpoint that does not fit the config's model, and the demo on a file that is not an image."""
+
 import os
 import re
 import subprocess
@@ -26,14 +27,26 @@ def _build(config):
     from mmengine.registry import MODELS
 
     from mmcluster.apis import load_config
+
     return MODELS.build(load_config(config).model)
 
 
 def test_train_refuses_a_malicious_pretrained_url(evil, torch_home, shapes_root):
-    out = run_failing(['tools/train.py', DET_DEMO, '--work-dir', torch_home.parent / 'train', '--cfg-options',
-                       *shapes_options(shapes_root, 'det'), 'train_dataloader.dataset.indices=2',
-                       'model.backbone.init_cfg._delete_=True', 'model.backbone.init_cfg.type=Pretrained',
-                       f'model.backbone.init_cfg.checkpoint={evil.url}'], env={'TORCH_HOME': str(torch_home)})
+    out = run_failing(
+        [
+            'tools/train.py',
+            DET_DEMO,
+            '--work-dir',
+            torch_home.parent / 'train',
+            '--cfg-options',
+            *shapes_options(shapes_root, 'det'),
+            'train_dataloader.dataset.indices=2',
+            'model.backbone.init_cfg._delete_=True',
+            'model.backbone.init_cfg.type=Pretrained',
+            f'model.backbone.init_cfg.checkpoint={evil.url}',
+        ],
+        env={'TORCH_HOME': str(torch_home)},
+    )
     assert 'UnsafeCheckpointError' in out and 'builtins.exec' in out and 'refuses to unpickle' in out
     assert not evil.marker.exists()
     assert evil.server.requests == ['/evil.pth']
@@ -41,12 +54,32 @@ def test_train_refuses_a_malicious_pretrained_url(evil, torch_home, shapes_root)
 
 def test_test_tool_and_heatmaps_refuse_a_malicious_checkpoint_url(evil, torch_home, shapes_root):
     env = {'TORCH_HOME': str(torch_home)}
-    out = run_failing(['tools/test.py', SEG_DEMO, evil.url, '--work-dir', torch_home.parent / 'test',
-                       '--cfg-options', *shapes_options(shapes_root, 'seg')], env=env)
+    out = run_failing(
+        [
+            'tools/test.py',
+            SEG_DEMO,
+            evil.url,
+            '--work-dir',
+            torch_home.parent / 'test',
+            '--cfg-options',
+            *shapes_options(shapes_root, 'seg'),
+        ],
+        env=env,
+    )
     assert re.search(r'error: .*evil\.pth .*builtins\.exec.*refuses to unpickle', out)
     assert 'metrics:' not in out and not evil.marker.exists()
-    out = run_failing(['tools/analysis_tools/visualize_clusters.py', DET_DEMO, shapes_root / 'coco/val/val_00000.jpg',
-                       '--checkpoint', evil.url, '--out-dir', torch_home.parent / 'vis'], env=env)
+    out = run_failing(
+        [
+            'tools/analysis_tools/visualize_clusters.py',
+            DET_DEMO,
+            shapes_root / 'coco/val/val_00000.jpg',
+            '--checkpoint',
+            evil.url,
+            '--out-dir',
+            torch_home.parent / 'vis',
+        ],
+        env=env,
+    )
     assert 'UnsafeCheckpointError' in out and 'builtins.exec' in out
     assert not evil.marker.exists()
     assert evil.server.requests == ['/evil.pth']  # the second tool found it in the cache, and refused it too
@@ -59,8 +92,17 @@ def test_test_tool_stops_on_a_checkpoint_that_does_not_fit(shapes_root, tmp_path
     state['roi_head.bbox_head.extra.weight'] = torch.zeros(1)
     path = tmp_path / 'wrong.pth'
     torch.save({'state_dict': state, 'meta': {}}, path)
-    out = run_failing(['tools/test.py', DET_DEMO, path, '--work-dir', tmp_path / 'test', '--cfg-options',
-                       *shapes_options(shapes_root, 'det')])
+    out = run_failing(
+        [
+            'tools/test.py',
+            DET_DEMO,
+            path,
+            '--work-dir',
+            tmp_path / 'test',
+            '--cfg-options',
+            *shapes_options(shapes_root, 'det'),
+        ]
+    )
     assert f'error: {path} does not fit MaskRCNN' in out
     assert 'roi_head.bbox_head.fc_cls.weight (checkpoint (5, 256), model (4, 256))' in out
     assert 'missing in the checkpoint (1): neck.fpn_convs.0.conv.bias' in out
@@ -70,15 +112,26 @@ def test_test_tool_stops_on_a_checkpoint_that_does_not_fit(shapes_root, tmp_path
 
 def test_test_tool_evaluates_a_benign_checkpoint_over_http(server, torch_home, shapes_root):
     torch.save({'state_dict': _build(SEG_DEMO).state_dict(), 'meta': {}}, server.root / 'seg.pth')
-    out = run(['tools/test.py', SEG_DEMO, f'{server.url}/seg.pth', '--work-dir', torch_home.parent / 'test',
-               '--cfg-options', *shapes_options(shapes_root, 'seg'), 'test_dataloader.dataset.indices=2'],
-              env={'TORCH_HOME': str(torch_home)})
+    out = run(
+        [
+            'tools/test.py',
+            SEG_DEMO,
+            f'{server.url}/seg.pth',
+            '--work-dir',
+            torch_home.parent / 'test',
+            '--cfg-options',
+            *shapes_options(shapes_root, 'seg'),
+            'test_dataloader.dataset.indices=2',
+        ],
+        env={'TORCH_HOME': str(torch_home)},
+    )
     assert re.search(r'^metrics: .*mIoU', out, re.M)
     assert (torch_home / 'hub' / 'checkpoints' / 'seg.pth').is_file() and server.requests == ['/seg.pth']
 
 
 def test_image_demo_stops_on_a_classifier_checkpoint_and_on_a_non_image(shapes_root, tmp_path):
     import timm
+
     classifier = tmp_path / 'paca_tiny_classifier.pth'
     torch.save(timm.create_model('paca_tiny').state_dict(), classifier)
     image = shapes_root / 'coco/val/val_00001.jpg'
@@ -94,6 +147,7 @@ def test_image_demo_stops_on_a_classifier_checkpoint_and_on_a_non_image(shapes_r
 
 def test_image_demo_names_a_missing_image(tmp_path):
     import importlib.util
+
     spec = importlib.util.spec_from_file_location('image_demo', ROOT / 'demo' / 'image_demo.py')
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

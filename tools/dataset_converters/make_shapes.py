@@ -4,6 +4,7 @@
 
 Deterministic; does nothing if an identical dataset is already there. See mmcluster/datasets/shapes.py.
 """
+
 import argparse
 from dataclasses import fields
 

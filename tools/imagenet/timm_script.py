@@ -2,13 +2,15 @@
 
     torchrun --nproc_per_node=8 tools/imagenet/timm_script.py PATH/TO/timm/train.py \
         --config configs/paca_vit/imagenet/paca-vit_8xb128-300e_in1k.yaml --data-dir /data/imagenet --model paca_small
-    python tools/imagenet/timm_script.py PATH/TO/timm/validate.py --data-dir /data/imagenet --model paca_small --pretrained
+    python tools/imagenet/timm_script.py PATH/TO/timm/validate.py --data-dir /data/imagenet --model paca_small \
+        --pretrained
 
 timm's scripts live in its source repository (github.com/huggingface/pytorch-image-models), not in the pip
 package; check out the tag of the installed timm version. This launcher imports mmcluster (which
 registers paca_* in timm's model registry) and then runs the script as __main__ with the remaining
 arguments, so the script itself stays unmodified.
 """
+
 from __future__ import annotations
 
 import os.path as osp
@@ -25,9 +27,12 @@ def main(argv=None) -> None:
         raise SystemExit(0 if argv else 2)
     script = argv.pop(0)
     if not osp.isfile(script):
-        raise SystemExit(f'timm script {script} does not exist (clone pytorch-image-models at the installed '
-                         f'timm version and pass the path of train.py / validate.py)')
+        raise SystemExit(
+            f'timm script {script} does not exist (clone pytorch-image-models at the installed '
+            f'timm version and pass the path of train.py / validate.py)'
+        )
     import mmcluster  # noqa: F401  (registers paca_* in timm)
+
     sys.argv = [script] + argv
     sys.path.insert(0, osp.dirname(osp.abspath(script)))
     runpy.run_path(script, run_name='__main__')

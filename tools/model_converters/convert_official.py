@@ -4,7 +4,8 @@
 
     # PaCa-ViT (github.com/iVMCL/PaCaViT releases): ImageNet, COCO Mask R-CNN, ADE20K PaCa head / UperNet
     python tools/model_converters/convert_official.py IMNET_224_pacavit_small_p2cconv_100_0.pth paca_small.pth
-    python tools/model_converters/convert_official.py mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco.pth out.pth
+    python tools/model_converters/convert_official.py \
+        mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco.pth out.pth
 
 The family is recognised from the keys unless ``--family`` names it; its converter comes from
 ``mmcluster.models.conversion`` (strict: a key that no rule maps is an error naming it). ImageNet, detection
@@ -15,6 +16,7 @@ source's ``meta`` where it is plain data) and loads with ``tools/test.py CONFIG 
 ``init_cfg`` or timm's ``pretrained=True``: those convert on load. The source is read with
 ``weights_only=True`` against mmcluster's allow-list: a file holding other objects is refused, not unpickled.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +37,9 @@ def convert(src: str, dst: str, family: str | None = None) -> tuple[str, str]:
     state_dict, kind = get_converter(family).convert_checkpoint(state_dict)
     out = {'state_dict': state_dict, 'meta': {'converted_from': osp.basename(src), 'family': family, 'kind': kind}}
     if isinstance(raw, dict) and isinstance(raw.get('meta'), dict):
-        out['meta']['source_meta'] = {k: v for k, v in raw['meta'].items()
-                                      if isinstance(v, (str, int, float, list, tuple, dict))}
+        out['meta']['source_meta'] = {
+            k: v for k, v in raw['meta'].items() if isinstance(v, (str, int, float, list, tuple, dict))
+        }
     torch.save(out, dst)
     return family, kind
 

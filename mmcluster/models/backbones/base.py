@@ -16,6 +16,7 @@ A family builds ``patch_embed`` and ``stages`` (each stage a module with a ``gra
 taking the previous stage's map plus the keyword inputs of :meth:`HierarchicalViT.stage_inputs`) and calls
 :meth:`HierarchicalViT.init_classifier`.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -45,8 +46,12 @@ def check_rate(name: str, value: Any) -> float:
 
 def _is_sequence(value: Any) -> bool:
     """A list, tuple, 1-d numpy array or similar; not a string, a mapping or a scalar."""
-    return (not isinstance(value, (str, bytes, Mapping)) and isinstance(value, Iterable)
-            and getattr(value, 'ndim', 1) == 1 and hasattr(value, '__len__'))
+    return (
+        not isinstance(value, (str, bytes, Mapping))
+        and isinstance(value, Iterable)
+        and getattr(value, 'ndim', 1) == 1
+        and hasattr(value, '__len__')
+    )
 
 
 def check_per_stage(name: str, value: Any, num_stages: int, minimum: int) -> tuple[int, ...]:
@@ -95,8 +100,9 @@ class HierarchicalViT(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
         self.head_drop = nn.Dropout(check_rate('drop_rate', drop_rate))
         self.head = self._classifier(self.num_classes)
-        self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f'stages.{i}')
-                             for i, c in enumerate(self.embed_dims)]
+        self.feature_info = [
+            dict(num_chs=c, reduction=4 * 2**i, module=f'stages.{i}') for i, c in enumerate(self.embed_dims)
+        ]
         self.grad_checkpointing = False
 
     def _classifier(self, num_classes: int) -> nn.Module:
@@ -142,14 +148,20 @@ class HierarchicalViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False,
-                              ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
         """timm's ``forward_intermediates``: the stage maps selected by ``indices`` (the last n stages if an
         int, all if None) and, unless ``intermediates_only``, the final map. The stage maps are the stage
         outputs themselves, so ``norm`` changes nothing."""
         from timm.models._features import feature_take_indices
+
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -157,13 +169,15 @@ class HierarchicalViT(nn.Module):
         intermediates = [outs[i] for i in take]
         return intermediates if intermediates_only else (outs[-1], intermediates)
 
-    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages after the last one ``indices`` selects (and the classifier); returns the indices."""
         from timm.models._features import feature_take_indices
+
         take, max_index = feature_take_indices(len(self.stages), indices)
         if max_index < len(self.stages) - 1:
-            self.stages = self.stages[:max_index + 1]
+            self.stages = self.stages[: max_index + 1]
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
             prune_head = True
         if prune_head:
@@ -192,8 +206,11 @@ class HierarchicalViT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        blocks = r'^stages\.(\d+)' if coarse else [(r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                                                    (r'^stages\.(\d+)\.(?:downsample|norm)', (99999,))]
+        blocks = (
+            r'^stages\.(\d+)'
+            if coarse
+            else [(r'^stages\.(\d+)\.blocks\.(\d+)', None), (r'^stages\.(\d+)\.(?:downsample|norm)', (99999,))]
+        )
         return dict(stem=self.stem_pattern, blocks=blocks)
 
     @torch.jit.ignore
@@ -235,8 +252,15 @@ class BackboneContract:
     family: str  # key of the family's converter in mmcluster.models.conversion
     out_indices: tuple[int, ...]
 
-    def init_backbone(self, out_indices: Sequence[int], frozen_stages: int, norm_eval: bool, with_cp: bool,
-                      init_cfg: Optional[dict], pretrained: Optional[str]) -> None:
+    def init_backbone(
+        self,
+        out_indices: Sequence[int],
+        frozen_stages: int,
+        norm_eval: bool,
+        with_cp: bool,
+        init_cfg: Optional[dict],
+        pretrained: Optional[str],
+    ) -> None:
         num_stages = len(self.stages)
         self.out_indices = check_indices('out_indices', out_indices, num_stages)
         self.frozen_stages = check_int('frozen_stages', frozen_stages, -1)
@@ -246,8 +270,10 @@ class BackboneContract:
         self.with_cp = bool(with_cp)
         if init_cfg is not None:
             if not isinstance(init_cfg, dict) or init_cfg.get('type') != 'Pretrained' or 'checkpoint' not in init_cfg:
-                raise ValueError(f"{type(self).__name__} init_cfg must be dict(type='Pretrained', checkpoint=..., "
-                                 f'prefix=None), got {init_cfg!r}')
+                raise ValueError(
+                    f"{type(self).__name__} init_cfg must be dict(type='Pretrained', checkpoint=..., "
+                    f'prefix=None), got {init_cfg!r}'
+                )
             unknown = set(init_cfg) - {'type', 'checkpoint', 'prefix'}
             if unknown:
                 raise ValueError(f'init_cfg has unknown keys {sorted(unknown)}')
@@ -258,9 +284,13 @@ class BackboneContract:
                 init_cfg = dict(type='Pretrained', checkpoint=pretrained)
             else:
                 import warnings
-                warnings.warn(f'{type(self).__name__}: ignoring pretrained={pretrained!r} (mmseg\'s deprecated '
-                              f'argument, set by its segmentor base configs) because init_cfg names the '
-                              f'checkpoint {init_cfg["checkpoint"]!r}', stacklevel=2)
+
+                warnings.warn(
+                    f"{type(self).__name__}: ignoring pretrained={pretrained!r} (mmseg's deprecated "
+                    f'argument, set by its segmentor base configs) because init_cfg names the '
+                    f'checkpoint {init_cfg["checkpoint"]!r}',
+                    stacklevel=2,
+                )
         self.init_cfg = init_cfg
         self._is_init = False
         self.set_grad_checkpointing(self.with_cp)
@@ -321,9 +351,15 @@ class BackboneContract:
         self.reset_parameters()
         if self.init_cfg is not None:
             converter = get_converter(self.family)
-            load_pretrained(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
-                            convert=converter.convert_backbone, may_reinit=converter.may_reinit,
-                            ignore_unexpected=('head.',), logger=MMLogger.get_current_instance())
+            load_pretrained(
+                self,
+                self.init_cfg['checkpoint'],
+                prefix=self.init_cfg.get('prefix'),
+                convert=converter.convert_backbone,
+                may_reinit=converter.may_reinit,
+                ignore_unexpected=('head.',),
+                logger=MMLogger.get_current_instance(),
+            )
         self._is_init = True
         self._freeze_stages()
 
@@ -338,9 +374,11 @@ def create_timm_model(cls: type, variant: str, pretrained: bool, family: str, **
     model's pretrained config names (``file`` before ``url``, as timm orders them) through mmcluster's safe
     loader and the family's converter."""
     from timm.models import build_model_with_cfg
+
     out_indices = kwargs.pop('out_indices', tuple(range(4)))
-    model = build_model_with_cfg(cls, variant, pretrained=False,
-                                 feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
+    model = build_model_with_cfg(
+        cls, variant, pretrained=False, feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs
+    )
     if pretrained:
         network = model.model if kwargs.get('features_only') else model
         load_timm_pretrained(network, variant, family)
@@ -358,18 +396,21 @@ def load_timm_pretrained(model: HierarchicalViT, variant: str, family: str) -> N
     cfg = dict(model.pretrained_cfg or {})
     location = cfg.get('file') or cfg.get('url')
     if not location:
-        raise RuntimeError(f'{variant}: no pretrained weights are published for this model; load your own with '
-                           f"timm.create_model('{variant}', pretrained=True, "
-                           "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))")
-    hint = (f"to load a local copy instead: timm.create_model('{variant}', pretrained=True, "
-            "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))")
+        raise RuntimeError(
+            f'{variant}: no pretrained weights are published for this model; load your own with '
+            f"timm.create_model('{variant}', pretrained=True, "
+            "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))"
+        )
+    hint = (
+        f"to load a local copy instead: timm.create_model('{variant}', pretrained=True, "
+        "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))"
+    )
     state_dict = get_converter(family).convert_backbone(extract_state_dict(load_checkpoint_file(location, hint=hint)))
     own = model.state_dict()
     kept_stages = len(model.stages)
     droppable = ('head.',) + tuple(f'stages.{i}.' for i in range(kept_stages, 16))
     head_fits = all(k in state_dict and state_dict[k].shape == v.shape for k, v in own.items() if k.startswith('head.'))
-    state_dict = OrderedDict((k, v) for k, v in state_dict.items()
-                             if k in own or not k.startswith(droppable))
+    state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k in own or not k.startswith(droppable))
     if not head_fits or not any(k.startswith('head.') for k in own):
         state_dict = OrderedDict((k, v) for k, v in state_dict.items() if not k.startswith('head.'))
         own_head = {k: v for k, v in own.items() if k.startswith('head.')}

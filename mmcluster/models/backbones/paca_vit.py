@@ -21,6 +21,7 @@ Module layout::
     │   └── norm           LayerNorm at the end of the stage (its output is the stage's feature map)
     └── head               Linear classifier on the mean-pooled last map (Identity in the backbone)
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -50,12 +51,15 @@ PACA_ARCHS: dict[str, dict] = {
     'tiny': dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16)),
     'small': dict(embed_dims=(96, 192, 320, 384), depths=(3, 3, 10, 3), num_heads=(2, 4, 8, 16)),
     'base': dict(embed_dims=(96, 192, 384, 512), depths=(3, 3, 18, 3), num_heads=(2, 4, 8, 16)),
-    'tiny_teacher': dict(embed_dims=(96, 192, 320, 384), depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16),
-                         teacher_depths=(2, 2, 2, 2)),
-    'small_teacher': dict(embed_dims=(96, 192, 320, 384), depths=(3, 3, 7, 3), num_heads=(2, 4, 8, 16),
-                          teacher_depths=(2, 2, 2, 2)),
-    'base_teacher': dict(embed_dims=(96, 192, 384, 512), depths=(3, 3, 16, 3), num_heads=(2, 4, 8, 16),
-                         teacher_depths=(2, 2, 4, 2)),
+    'tiny_teacher': dict(
+        embed_dims=(96, 192, 320, 384), depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16), teacher_depths=(2, 2, 2, 2)
+    ),
+    'small_teacher': dict(
+        embed_dims=(96, 192, 320, 384), depths=(3, 3, 7, 3), num_heads=(2, 4, 8, 16), teacher_depths=(2, 2, 2, 2)
+    ),
+    'base_teacher': dict(
+        embed_dims=(96, 192, 384, 512), depths=(3, 3, 16, 3), num_heads=(2, 4, 8, 16), teacher_depths=(2, 2, 4, 2)
+    ),
 }
 ONSITE_CLUSTERS = (100, 100, 100, 0)  # clusters per stage; 0 = full self-attention
 TEACHER_CLUSTERS = (100, 100, 100, 100)
@@ -133,8 +137,9 @@ class PatchToClusterAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int],
-                assignment: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: normalised tokens (B, N, C). Returns the attention output and the assignment (B, M, N)."""
         if self.num_clusters > 0:
             if self.clustering is not None:
@@ -154,8 +159,15 @@ class PatchToClusterAttention(nn.Module):
 class PaCaBlock(nn.Module):
     """Pre-norm transformer block: x + DropPath(PaCa(LN(x))), then x + DropPath(FFN(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, num_clusters: int, clustering: Optional[nn.Module],
-                 mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_clusters: int,
+        clustering: Optional[nn.Module],
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PatchToClusterAttention(dim, num_heads, num_clusters, clustering)
@@ -163,8 +175,9 @@ class PaCaBlock(nn.Module):
         self.mlp = DWConvFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int],
-                assignment: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         out, assignment = self.attn(self.norm1(x), hw, assignment)
         x = x + self.drop_path(out)
         x = x + self.drop_path(self.mlp(self.norm2(x), hw))
@@ -180,9 +193,19 @@ class PaCaStage(nn.Module):
     teacher's assignment, and the teacher's stage feature is added before the stage norm.
     """
 
-    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, num_clusters: int,
-                 clustering: Clustering, assignment: Assignment, mlp_ratio: float,
-                 drop_path_rates: Sequence[float], downsample: bool) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        num_clusters: int,
+        clustering: Clustering,
+        assignment: Assignment,
+        mlp_ratio: float,
+        drop_path_rates: Sequence[float],
+        downsample: bool,
+    ) -> None:
         super().__init__()
         self.downsample = ConvDownsample(in_dim, dim) if downsample else nn.Identity()
 
@@ -195,15 +218,18 @@ class PaCaStage(nn.Module):
                 return ConvClustering(dim, num_clusters)
             return MlpClustering(dim, num_clusters, hidden_ratio=mlp_ratio)
 
-        self.blocks = nn.ModuleList([
-            PaCaBlock(dim, num_heads, num_clusters, clustering_module(j), mlp_ratio, drop_path_rates[j])
-            for j in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                PaCaBlock(dim, num_heads, num_clusters, clustering_module(j), mlp_ratio, drop_path_rates[j])
+                for j in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, assignment: Optional[torch.Tensor] = None,
-                teacher_feature: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, assignment: Optional[torch.Tensor] = None, teacher_feature: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """x: (B, C_in, H_in, W_in) map; returns the normalised stage output (B, C, H, W)."""
         x = self.downsample(x)
         height, width = x.shape[-2:]
@@ -275,19 +301,27 @@ class ConvMixerClusteringTeacher(nn.Module):
     assignment of stage i is softmax_N(Conv1x1(fpn[i])).
     """
 
-    def __init__(self, dims: Sequence[int], depths: Sequence[int], num_clusters: Sequence[int],
-                 kernel_size: int = CLUSTERING_KERNEL_SIZE) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        depths: Sequence[int],
+        num_clusters: Sequence[int],
+        kernel_size: int = CLUSTERING_KERNEL_SIZE,
+    ) -> None:
         super().__init__()
         num_stages = len(dims)
         self.downsamples = nn.ModuleList([TeacherDownsample(dims[i], dims[i + 1]) for i in range(num_stages - 1)])
-        self.stages = nn.ModuleList([
-            nn.Sequential(*[ConvMixerLayer(dims[i], kernel_size) for _ in range(depths[i])])
-            for i in range(num_stages)
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(*[ConvMixerLayer(dims[i], kernel_size) for _ in range(depths[i])])
+                for i in range(num_stages)
+            ]
+        )
         self.laterals = nn.ModuleList([ConvActNorm(dims[i + 1], dims[i], 1) for i in range(num_stages - 1)])
         self.fpn_layers = nn.ModuleList([ConvMixerLayer(dims[i], kernel_size) for i in range(num_stages - 1)])
         self.to_clusters = nn.ModuleDict(
-            {str(i): nn.Conv2d(dims[i], m, 1) for i, m in enumerate(num_clusters) if m > 0})
+            {str(i): nn.Conv2d(dims[i], m, 1) for i, m in enumerate(num_clusters) if m > 0}
+        )
         self.assign = SoftAssignment()
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]:
@@ -301,8 +335,7 @@ class ConvMixerClusteringTeacher(nn.Module):
         pyramid = [None] * len(features)
         pyramid[-1] = features[-1]
         for i in range(len(features) - 2, -1, -1):
-            top_down = F.interpolate(pyramid[i + 1], size=features[i].shape[-2:], mode='bilinear',
-                                     align_corners=False)
+            top_down = F.interpolate(pyramid[i + 1], size=features[i].shape[-2:], mode='bilinear', align_corners=False)
             pyramid[i] = self.fpn_layers[i](features[i] + self.laterals[i](top_down))
         assignments = [
             self.assign(self.to_clusters[str(i)](p).flatten(2)) if str(i) in self.to_clusters else None
@@ -365,10 +398,19 @@ class PaCaViTClassifier(HierarchicalViT):
 
     stem_pattern = r'^(?:patch_embed|teacher)'  # the teacher runs on the stem output, before stage 0
 
-    def __init__(self, arch: Union[str, dict] = 'tiny', num_clusters: Optional[Sequence[int]] = None,
-                 clustering: Optional[Clustering] = None, assignment: Assignment = 'stage',
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, in_chans: int = 3,
-                 num_classes: int = 1000, global_pool: str = 'avg', drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        arch: Union[str, dict] = 'tiny',
+        num_clusters: Optional[Sequence[int]] = None,
+        clustering: Optional[Clustering] = None,
+        assignment: Assignment = 'stage',
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = 'avg',
+        drop_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         if isinstance(arch, str):
             if arch not in PACA_ARCHS:
@@ -379,8 +421,10 @@ class PaCaViTClassifier(HierarchicalViT):
         missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
         unknown = set(arch) - {'embed_dims', 'depths', 'num_heads', 'teacher_depths'}
         if missing or unknown:
-            raise ValueError(f'arch dict needs embed_dims, depths, num_heads (and optionally teacher_depths); '
-                             f'missing {sorted(missing)}, unknown {sorted(unknown)}')
+            raise ValueError(
+                f'arch dict needs embed_dims, depths, num_heads (and optionally teacher_depths); '
+                f'missing {sorted(missing)}, unknown {sorted(unknown)}'
+            )
         embed_dims = check_per_stage('arch.embed_dims', arch['embed_dims'], 4, 1)
         num_stages = len(embed_dims)
         depths = check_per_stage('arch.depths', arch['depths'], num_stages, 1)
@@ -393,11 +437,13 @@ class PaCaViTClassifier(HierarchicalViT):
             raise ValueError(f"clustering must be 'conv', 'mlp' or 'teacher', got {clustering!r}")
         if clustering == 'teacher':
             if teacher_depths is None:
-                raise ValueError("clustering='teacher' needs an arch with teacher_depths "
-                                 f'(e.g. {[k for k in PACA_ARCHS if "teacher" in k]})')
+                raise ValueError(
+                    "clustering='teacher' needs an arch with teacher_depths "
+                    f'(e.g. {[k for k in PACA_ARCHS if "teacher" in k]})'
+                )
             teacher_depths = check_per_stage('arch.teacher_depths', teacher_depths, num_stages, 1)
         elif teacher_depths is not None:
-            raise ValueError(f'arch has teacher_depths but clustering={clustering!r}; use clustering=\'teacher\'')
+            raise ValueError(f"arch has teacher_depths but clustering={clustering!r}; use clustering='teacher'")
         if assignment not in ('stage', 'block'):
             raise ValueError(f"assignment must be 'stage' or 'block', got {assignment!r}")
         if num_clusters is None:
@@ -418,16 +464,27 @@ class PaCaViTClassifier(HierarchicalViT):
         self.assignment = assignment
 
         self.patch_embed = ConvDownsample(in_chans, embed_dims[0], num_convs=2)
-        self.teacher = (ConvMixerClusteringTeacher(embed_dims, teacher_depths, num_clusters)
-                        if clustering == 'teacher' else None)
+        self.teacher = (
+            ConvMixerClusteringTeacher(embed_dims, teacher_depths, num_clusters) if clustering == 'teacher' else None
+        )
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = nn.ModuleList()
         for i in range(num_stages):
             first = sum(depths[:i])
-            self.stages.append(PaCaStage(
-                in_dim=embed_dims[max(i - 1, 0)], dim=embed_dims[i], depth=depths[i], num_heads=num_heads[i],
-                num_clusters=num_clusters[i], clustering=clustering, assignment=assignment, mlp_ratio=mlp_ratio,
-                drop_path_rates=rates[first:first + depths[i]], downsample=i > 0))
+            self.stages.append(
+                PaCaStage(
+                    in_dim=embed_dims[max(i - 1, 0)],
+                    dim=embed_dims[i],
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    num_clusters=num_clusters[i],
+                    clustering=clustering,
+                    assignment=assignment,
+                    mlp_ratio=mlp_ratio,
+                    drop_path_rates=rates[first : first + depths[i]],
+                    downsample=i > 0,
+                )
+            )
         self.init_classifier(num_classes, global_pool, drop_rate)
         self.reset_parameters()
 
@@ -462,8 +519,10 @@ class PaCaViTClassifier(HierarchicalViT):
         """
         captured: dict[str, torch.Tensor] = {}
         layers = list(self.clustering_layers())
-        handles = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-                   for name, _, module in layers]
+        handles = [
+            module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+            for name, _, module in layers
+        ]
         try:
             outs = self.forward_stages(x)
         finally:
@@ -489,13 +548,32 @@ class PaCaViT(BackboneContract, PaCaViTClassifier):
     arch_zoo = PACA_ARCHS  # the benchmark presets paca-tiny, paca-small-teacher, ... (BackboneContract)
     preset_prefix = 'paca'
 
-    def __init__(self, arch: Union[str, dict] = 'tiny', num_clusters: Optional[Sequence[int]] = None,
-                 clustering: Optional[Clustering] = None, assignment: Assignment = 'stage',
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, in_channels: int = 3,
-                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, init_cfg: Optional[dict] = None, pretrained: Optional[str] = None) -> None:
-        super().__init__(arch, num_clusters=num_clusters, clustering=clustering, assignment=assignment,
-                         mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, in_chans=in_channels, num_classes=0)
+    def __init__(
+        self,
+        arch: Union[str, dict] = 'tiny',
+        num_clusters: Optional[Sequence[int]] = None,
+        clustering: Optional[Clustering] = None,
+        assignment: Assignment = 'stage',
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        in_channels: int = 3,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        init_cfg: Optional[dict] = None,
+        pretrained: Optional[str] = None,
+    ) -> None:
+        super().__init__(
+            arch,
+            num_clusters=num_clusters,
+            clustering=clustering,
+            assignment=assignment,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            in_chans=in_channels,
+            num_classes=0,
+        )
         self.init_backbone(out_indices, frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
 
     def stage_modules(self, index: int) -> list[nn.Module]:
@@ -516,9 +594,18 @@ class PaCaViT(BackboneContract, PaCaViTClassifier):
 _BACKBONE_RULES: list[tuple[str, str]] = [
     (r'^stage(\d)\.(\d+)\.norm1_before\.', 'stages.{s}.blocks.{1}.norm1.'),
     (r'^stage(\d)\.(\d+)\.norm2_before\.', 'stages.{s}.blocks.{1}.norm2.'),
-    (r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.0\.(weight|bias)$', 'stages.{s}.blocks.{1}.attn.clustering.{conv_or_fc}.{2}'),
-    (r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.2\.(weight|bias)$', 'stages.{s}.blocks.{1}.attn.clustering.{pw_or_out}.{2}'),
-    (r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.4\.weight$', 'stages.{s}.blocks.{1}.attn.clustering.to_clusters.weight'),
+    (
+        r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.0\.(weight|bias)$',
+        'stages.{s}.blocks.{1}.attn.clustering.{conv_or_fc}.{2}',
+    ),
+    (
+        r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.2\.(weight|bias)$',
+        'stages.{s}.blocks.{1}.attn.clustering.{pw_or_out}.{2}',
+    ),
+    (
+        r'^stage(\d)\.(\d+)\.attn\.clustering\.clustering\.4\.weight$',
+        'stages.{s}.blocks.{1}.attn.clustering.to_clusters.weight',
+    ),
     (r'^stage(\d)\.(\d+)\.attn\.(q|k|v|proj|cluster_norm)\.', 'stages.{s}.blocks.{1}.attn.{2}.'),
     (r'^stage(\d)\.(\d+)\.mlp\.dwconv\.dwconv\.', 'stages.{s}.blocks.{1}.mlp.dwconv.'),
     (r'^stage(\d)\.(\d+)\.mlp\.(fc1|fc2)\.', 'stages.{s}.blocks.{1}.mlp.{2}.'),
@@ -560,8 +647,9 @@ _HEAD_MARKERS = ('q.0.', 'clustering.0.', 'k.0.', 'v.0.')
 def _mlp_clustering_blocks(state_dict: dict) -> set[str]:
     """Official blocks (``stage{i}.{j}``) whose clustering is the MLP type (a 2-d first weight)."""
     suffix = '.attn.clustering.clustering.0.weight'
-    return {k[:-len(suffix)] for k, v in state_dict.items()
-            if k.startswith('stage') and k.endswith(suffix) and v.ndim == 2}
+    return {
+        k[: -len(suffix)] for k, v in state_dict.items() if k.startswith('stage') and k.endswith(suffix) and v.ndim == 2
+    }
 
 
 def _backbone_fields(groups: tuple, mlp_blocks: set[str]) -> dict:
@@ -571,8 +659,9 @@ def _backbone_fields(groups: tuple, mlp_blocks: set[str]) -> dict:
             raise KeyError(f'official PaCa-ViT stage indices start at 1, got stage {groups[0]}')
         stage = str(int(groups[0]) - 1)
     is_mlp = len(groups) > 1 and f'stage{groups[0]}.{groups[1]}' in mlp_blocks
-    return dict(s=stage, conv_or_fc='fc' if is_mlp else 'spatial_mix',
-                pw_or_out='to_clusters' if is_mlp else 'channel_mix')
+    return dict(
+        s=stage, conv_or_fc='fc' if is_mlp else 'spatial_mix', pw_or_out='to_clusters' if is_mlp else 'channel_mix'
+    )
 
 
 def is_official_state_dict(state_dict: dict) -> bool:
@@ -585,12 +674,18 @@ def _is_cluster_count_dependent(key: str) -> bool:
     return '.to_clusters.' in f'.{key}'
 
 
-PACA_CONVERTER = register_converter(FamilyConverter(
-    family='paca_vit', is_official=is_official_state_dict,
-    backbone=RuleTable('official PaCa-ViT backbone', _BACKBONE_RULES, context=_mlp_clustering_blocks,
-                       fields=_backbone_fields),
-    head=RuleTable('official PaCa segmentation head', _HEAD_RULES), head_markers=_HEAD_MARKERS,
-    may_reinit=_is_cluster_count_dependent))
+PACA_CONVERTER = register_converter(
+    FamilyConverter(
+        family='paca_vit',
+        is_official=is_official_state_dict,
+        backbone=RuleTable(
+            'official PaCa-ViT backbone', _BACKBONE_RULES, context=_mlp_clustering_blocks, fields=_backbone_fields
+        ),
+        head=RuleTable('official PaCa segmentation head', _HEAD_RULES),
+        head_markers=_HEAD_MARKERS,
+        may_reinit=_is_cluster_count_dependent,
+    )
+)
 convert_official_state_dict = PACA_CONVERTER.convert_backbone
 convert_official_head_state_dict = PACA_CONVERTER.head
 
@@ -603,21 +698,33 @@ OFFICIAL_RELEASE_URL = 'https://github.com/iVMCL/PaCaViT/releases/download/pacav
 
 
 def _cfg(filename: Optional[str] = None, **kwargs) -> dict:
-    return dict(url=OFFICIAL_RELEASE_URL + filename if filename else '', num_classes=1000,
-                input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9, interpolation='bicubic',
-                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv='patch_embed.proj.0',
-                classifier='head', license='unknown (official PaCa-ViT release)', **kwargs)
+    return dict(
+        url=OFFICIAL_RELEASE_URL + filename if filename else '',
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.9,
+        interpolation='bicubic',
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv='patch_embed.proj.0',
+        classifier='head',
+        license='unknown (official PaCa-ViT release)',
+        **kwargs,
+    )
 
 
-default_cfgs = generate_default_cfgs({  # read by timm's register_model
-    'paca_tiny.in1k': _cfg('IMNET_224_pacavit_tiny_p2cconv_100_0.pth'),
-    'paca_small.in1k': _cfg('IMNET_224_pacavit_small_p2cconv_100_0.pth'),
-    'paca_base.in1k': _cfg('IMNET_224_pacavit_base_p2cconv_100_0.pth'),
-    'paca_small_mlp.in1k': _cfg('IMNET_224_pacavit_small_p2cmlp_100_0.pth'),
-    'paca_tiny_teacher': _cfg(),
-    'paca_small_teacher.in1k': _cfg('IMNET_224_pacavit_convmixer_small_100.pth'),
-    'paca_base_teacher.in1k': _cfg('IMNET_224_pacavit_convmixer_base_100.pth'),
-})
+default_cfgs = generate_default_cfgs(
+    {  # read by timm's register_model
+        'paca_tiny.in1k': _cfg('IMNET_224_pacavit_tiny_p2cconv_100_0.pth'),
+        'paca_small.in1k': _cfg('IMNET_224_pacavit_small_p2cconv_100_0.pth'),
+        'paca_base.in1k': _cfg('IMNET_224_pacavit_base_p2cconv_100_0.pth'),
+        'paca_small_mlp.in1k': _cfg('IMNET_224_pacavit_small_p2cmlp_100_0.pth'),
+        'paca_tiny_teacher': _cfg(),
+        'paca_small_teacher.in1k': _cfg('IMNET_224_pacavit_convmixer_small_100.pth'),
+        'paca_base_teacher.in1k': _cfg('IMNET_224_pacavit_convmixer_base_100.pth'),
+    }
+)
 
 
 def _create_paca(variant: str, pretrained: bool, defaults: dict, **kwargs) -> PaCaViTClassifier:
@@ -645,8 +752,9 @@ def paca_base(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
 @register_model
 def paca_small_mlp(pretrained: bool = False, **kwargs) -> PaCaViTClassifier:
     """PaCa-Small with MLP clustering (Eqn. 6)."""
-    return _create_paca('paca_small_mlp', pretrained, dict(arch='small', clustering='mlp', drop_path_rate=0.1),
-                        **kwargs)
+    return _create_paca(
+        'paca_small_mlp', pretrained, dict(arch='small', clustering='mlp', drop_path_rate=0.1), **kwargs
+    )
 
 
 @register_model

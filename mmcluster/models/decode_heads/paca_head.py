@@ -1,4 +1,5 @@
 """The PaCa segmentation head (PaCa-ViT paper, Sec. 3.4, Fig. 5, Eqns. 9-14)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -60,12 +61,18 @@ class PaCaHead(BaseDecodeHead):
         **kwargs: :class:`BaseDecodeHead` arguments. ``input_transform`` is always ``'multiple_select'``.
     """
 
-    def __init__(self, loss_cluster: ConfigType = dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
-                                                       avg_non_ignore=True, loss_name='loss_cluster'),
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        loss_cluster: ConfigType = dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4, avg_non_ignore=True, loss_name='loss_cluster'
+        ),
+        **kwargs,
+    ) -> None:
         if kwargs.setdefault('input_transform', 'multiple_select') != 'multiple_select':
-            raise ValueError(f"PaCaHead fuses all levels: input_transform must be 'multiple_select', "
-                             f"got {kwargs['input_transform']!r}")
+            raise ValueError(
+                f"PaCaHead fuses all levels: input_transform must be 'multiple_select', "
+                f'got {kwargs["input_transform"]!r}'
+            )
         for name in ('channels', 'num_classes'):
             if name in kwargs:
                 check_int(name, kwargs[name], 1)
@@ -76,8 +83,9 @@ class PaCaHead(BaseDecodeHead):
             raise ValueError('PaCaHead needs a norm_cfg (its key/value blocks are Linear-Norm-ReLU)')
 
         def conv1x1(in_channels: int) -> ConvModule:
-            return ConvModule(in_channels, self.channels, 1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
-                              act_cfg=self.act_cfg)
+            return ConvModule(
+                in_channels, self.channels, 1, conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg
+            )
 
         fused = self.channels * len(self.in_channels)
         self.convs = nn.ModuleList([conv1x1(c) for c in self.in_channels])
@@ -94,10 +102,13 @@ class PaCaHead(BaseDecodeHead):
         """Segmentation logits (B, K, H, W) and assignment logits (B, K, H, W) at the first level's size."""
         feats = self._transform_inputs(inputs)
         size = feats[0].shape[2:]
-        fused = torch.cat([
-            resize(conv(x), size=size, mode='bilinear', align_corners=self.align_corners)
-            for conv, x in zip(self.convs, feats)
-        ], dim=1)
+        fused = torch.cat(
+            [
+                resize(conv(x), size=size, mode='bilinear', align_corners=self.align_corners)
+                for conv, x in zip(self.convs, feats)
+            ],
+            dim=1,
+        )
         cluster_logits = self.to_clusters(self.cluster_embed(fused))
         assignment = self.assign(cluster_logits.flatten(2))  # (B, K, N), softmax over N
         tokens = rearrange(fused, 'b c h w -> b (h w) c')
@@ -116,9 +127,11 @@ class PaCaHead(BaseDecodeHead):
         seg_logits, cluster_logits = self.forward_with_clusters(inputs)
         losses = self.loss_by_feat(seg_logits, batch_data_samples)
         seg_label = self._stack_batch_gt(batch_data_samples).squeeze(1)
-        cluster_logits = resize(cluster_logits, size=seg_label.shape[1:], mode='bilinear',
-                                align_corners=self.align_corners)
-        losses[self.loss_cluster.loss_name] = self.loss_cluster(cluster_logits, seg_label,
-                                                                ignore_index=self.ignore_index)
+        cluster_logits = resize(
+            cluster_logits, size=seg_label.shape[1:], mode='bilinear', align_corners=self.align_corners
+        )
+        losses[self.loss_cluster.loss_name] = self.loss_cluster(
+            cluster_logits, seg_label, ignore_index=self.ignore_index
+        )
         losses['acc_cluster'] = accuracy(cluster_logits, seg_label, ignore_index=self.ignore_index)
         return losses

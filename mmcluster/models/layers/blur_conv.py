@@ -1,4 +1,5 @@
 """Anti-aliased strided convolution."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,15 @@ class BlurConv2d(nn.Module):
     shift-invariant again", 2019). The filter is a persistent buffer, so checkpoints carry it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 2,
-                 padding: int = 1, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 2,
+        padding: int = 1,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         taps = torch.tensor([1.0, 2.0, 1.0])
         kernel = torch.outer(taps, taps) / 16.0

@@ -1,4 +1,5 @@
 """Soft cluster assignment and cluster pooling, shared by the clustering attention layers and heads."""
+
 import torch
 import torch.nn as nn
 

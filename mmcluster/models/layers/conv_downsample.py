@@ -1,4 +1,5 @@
 """Overlapping strided-conv patch embedding / downsampling."""
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,9 @@ class ConvDownsample(nn.Module):
         if num_convs < 1:
             raise ValueError(f'num_convs must be >= 1, got {num_convs}')
         widths = [in_channels] + [out_channels // 2 ** (num_convs - 1 - i) for i in range(num_convs)]
-        self.proj = nn.Sequential(*[
-            nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1) for cin, cout in zip(widths[:-1], widths[1:])
-        ])
+        self.proj = nn.Sequential(
+            *[nn.Conv2d(cin, cout, kernel_size=3, stride=2, padding=1) for cin, cout in zip(widths[:-1], widths[1:])]
+        )
         self.norm = LayerNorm2d(out_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Feed-forward networks on (B, N, C) token sequences laid out on an H x W grid."""
+
 from __future__ import annotations
 
 import torch
