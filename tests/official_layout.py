@@ -1,4 +1,4 @@
-"""Official PaCa-ViT state-dict layouts, written out from the spec's key tables (spec §2.11, §4, §5) and
+"""Official PaCa-ViT state-dict layouts, written out from the official key layout (models/paca_vit.py and the PaCa head of iVMCL/PaCaViT) and
 independent of mmcluster's modules, to test the converters against."""
 
 from collections import OrderedDict

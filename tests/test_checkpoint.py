@@ -19,7 +19,7 @@ from mmcluster.utils.checkpoint import load_pretrained
 
 from .official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
 
-# (arch, official kwargs, our kwargs, spec §2.11 entry count)
+# (arch, official kwargs, our kwargs, entry count of the official state dict)
 VARIANTS = [
     ('tiny', {}, {}, 239),
     ('small', {}, {}, 417),
@@ -38,7 +38,7 @@ VARIANTS = [
 def test_every_official_key_converts_onto_the_model(arch, official_kwargs, kwargs, entries):
     shapes = official_backbone_shapes(arch, **official_kwargs)
     if entries is not None:
-        assert len(shapes) == entries  # the synthetic layout agrees with the spec's measured counts
+        assert len(shapes) == entries  # the synthetic layout agrees with the official counts
     official = random_state_dict(shapes)
     model = PaCaViTClassifier(arch, **kwargs)
     converted = convert_official_state_dict(official)
@@ -94,7 +94,7 @@ def test_official_head_keys_convert():
     own = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in converted.items()} == own
     head.load_state_dict(converted, strict=True)
-    assert sum(p.numel() for p in head.parameters()) == 1_450_284  # spec §5: 1.450M
+    assert sum(p.numel() for p in head.parameters()) == 1_450_284  # official PaCaSegHead: 1.450M
 
 
 def _save_official(tmp_path, arch='tiny', wrap='model', **kwargs):

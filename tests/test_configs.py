@@ -49,7 +49,7 @@ PAPER = {
 # Rows where the paper's #params disagree with the official code (docs/model_zoo.md); we check the official
 # code's count instead.
 OFFICIAL_CODE_PARAMS = {
-    # backbone 47,659,192 - 513,000 (classifier) + the same neck/heads as PaCa-Base (spec §9.8: "about 67.4M")
+    # backbone 47,659,192 - 513,000 (classifier) + the same neck/heads as PaCa-Base (the official config: "about 67.4M")
     DET.format('base-teacher'): 67.355,
     # backbone 21,978,120 - 385,000 + the same neck/heads as the other PaCa-Small rows
     DET.format('small-m2-2-2-0'): 41.752,
@@ -162,7 +162,7 @@ def test_configs_inherit_upstream_bases():
 
 
 def test_lr_multiplier_reaches_every_clustering_type():
-    """The official ADE20K config's 'clustering.4' key matched only conv clustering (spec §9.6)."""
+    """The official ADE20K config's 'clustering.4' key matched only conv clustering (official segmentation/configs/paca_vit/paca_head/)."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS
 

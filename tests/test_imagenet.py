@@ -1,4 +1,4 @@
-"""ImageNet via timm: the recipe file (spec §8), the launcher for timm's own scripts, timm's create_model call."""
+"""ImageNet via timm: the recipe file (official classification/configs/imagenet_vit_adamw.yml), the launcher for timm's own scripts, timm's create_model call."""
 
 import pytest
 import timm

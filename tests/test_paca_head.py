@@ -36,7 +36,7 @@ def test_ade20k_model_size_matches_the_paper():
         )
     )
     total = sum(p.numel() for p in model.parameters())
-    assert total == 13_326_764  # spec §3.3: 13.33M
+    assert total == 13_326_764  # official README: 13.33M
     assert round(total / 1e6, 2) == 13.33
 
 

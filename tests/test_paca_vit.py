@@ -1,4 +1,4 @@
-"""PaCa-ViT backbone: fidelity to the official model (spec §2), downstream interface, robustness."""
+"""PaCa-ViT backbone: fidelity to the official model (iVMCL/PaCaViT models/paca_vit.py), downstream interface, robustness."""
 
 import math
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mmcluster.models.backbones.paca_vit import PaCaViT, PaCaViTClassifier, PatchToClusterAttention
 from mmcluster.utils.flops import count_macs
 
-# spec §2.1 (parameters with the 1000-class head) and §2.11 (MACs at 224x224, state-dict entries)
+# the official models/paca_vit.py built on CPU: parameters with the 1000-class head, MACs at 224x224, state-dict entries
 OFFICIAL = {
     'paca_tiny': (12_200_680, 3.219, 239),
     'paca_small': (22_037_704, 5.501, 417),

@@ -1,7 +1,7 @@
 # Mask R-CNN 1x, PaCa-Small (clusters (100, 100, 100, 100), stage-wise) backbone, COCO (PaCa-ViT paper Tables
 # 2 and 4).
 # The official README links IMNET_224_pacavit_small_p2cconv_100_49.pth for this row (a copy-paste slip,
-# spec §3.1); this is the file name the release pattern gives for (100, 100, 100, 100).
+# the official README); this is the file name the release pattern gives for (100, 100, 100, 100).
 _base_ = './mask-rcnn_paca-tiny_fpn_1x_coco.py'
 
 model = dict(

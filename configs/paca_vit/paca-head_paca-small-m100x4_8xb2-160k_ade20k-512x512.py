@@ -2,7 +2,7 @@
 # on ImageNet) backbone, ADE20K 512x512. Downstream every clustered stage has 200 clusters (paper Table 4
 # caption).
 # The official README links IMNET_224_pacavit_small_p2cconv_100_49.pth for this row (a copy-paste slip,
-# spec §3.1); this is the file name the release pattern gives for (100, 100, 100, 100).
+# the official README); this is the file name the release pattern gives for (100, 100, 100, 100).
 _base_ = './paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py'
 
 model = dict(

@@ -1,5 +1,5 @@
 # PaCa segmentation head with a PaCa-Tiny backbone on ADE20K, 512x512, 160k iterations
-# (PaCa-ViT paper Table 3; recipe: spec §6.2). 8 GPUs x 2 images.
+# (PaCa-ViT paper Table 3; recipe: official segmentation/configs/paca_vit/paca_head/). 8 GPUs x 2 images.
 _base_ = [
     '../_base_/models/paca-head_paca-tiny.py',
     '../_base_/datasets/ade20k-8xb2.py',

@@ -1,5 +1,5 @@
 # UperNet with a PaCa-Tiny backbone on ADE20K, 512x512, 160k iterations (PaCa-ViT paper Table 3;
-# recipe: spec §6.2). 8 GPUs x 2 images.
+# recipe: official segmentation/configs/paca_vit/upernet/). 8 GPUs x 2 images.
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py',
     '../_base_/datasets/ade20k-8xb2.py',
