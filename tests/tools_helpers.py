@@ -1,7 +1,9 @@
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 DET_DEMO = 'configs/demo/mask-rcnn_paca-tiny_fpn_shapes.py'
@@ -35,3 +37,13 @@ def shapes_options(shapes_root, kind):
         f'val_dataloader.dataset.data_root={root}',
         f'test_dataloader.dataset.data_root={root}',
     ]
+
+
+def load_tool(path: str) -> ModuleType:
+    """A tool script (repo-relative path, e.g. 'tools/analysis_tools/get_flops.py') as a fresh module, to call
+    its functions in-process. Registered in sys.modules under a name of its own (dataclasses need that)."""
+    name = 'tool_' + Path(path).with_suffix('').as_posix().replace('/', '_')
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

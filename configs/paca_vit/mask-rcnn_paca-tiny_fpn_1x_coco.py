@@ -1,4 +1,5 @@
-# Mask R-CNN 1x with a PaCa-Tiny backbone on COCO (PaCa-ViT paper Table 2; recipe: official detection/configs/paca_vit/mask_rcnn_1x/).
+# Mask R-CNN 1x with a PaCa-Tiny backbone on COCO (PaCa-ViT paper Table 2; recipe: official
+# detection/configs/paca_vit/mask_rcnn_1x/).
 # 8 GPUs x 2 images, AdamW 1e-4, 12 epochs, DETR-style multi-scale 480-800 training.
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',

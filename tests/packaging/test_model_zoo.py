@@ -1,17 +1,13 @@
 """OpenMMLab metadata: model-index.yml, the metafiles, and what tools/misc/gen_model_zoo.py makes of them."""
 
-import importlib.util
 import shutil
-import sys
 
 import pytest
 import yaml
 
-from tests.tools_helpers import ROOT
+from tests.tools_helpers import ROOT, load_tool
 
-spec = importlib.util.spec_from_file_location('gen_model_zoo', ROOT / 'tools' / 'misc' / 'gen_model_zoo.py')
-gen = sys.modules['gen_model_zoo'] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gen)
+gen = load_tool('tools/misc/gen_model_zoo.py')
 
 CONFIG_SUFFIXES = ('.py', '.yaml', '.yml')
 

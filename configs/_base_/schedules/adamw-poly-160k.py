@@ -1,4 +1,5 @@
-# The PaCa-ViT ADE20K schedule (official segmentation/configs/paca_vit/ of iVMCL/PaCaViT), shared by the UperNet and PaCa-head families: mmseg's 160k
+# The PaCa-ViT ADE20K schedule (official segmentation/configs/paca_vit/ of iVMCL/PaCaViT), shared by the
+# UperNet and PaCa-head families: mmseg's 160k
 # iteration loop, hooks and checkpointing every 16k iterations, with AdamW (lr 6e-5, weight decay 0.01), a
 # linear warm-up over 1500 iterations and linear ("poly" with power 1) decay to 0.
 _base_ = ['mmseg::_base_/schedules/schedule_160k.py']

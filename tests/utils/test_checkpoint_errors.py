@@ -18,8 +18,8 @@ from mmcluster.utils.checkpoint import (
     load_checkpoint_file,
     safe_load,
 )
+from tests.tools_helpers import DET_DEMO
 
-from ..tools_helpers import DET_DEMO
 from .conftest import init_from
 
 

@@ -2,15 +2,14 @@
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
 
 from mmcluster.apis import load_config
+from tests.tools_helpers import ROOT, load_tool, run
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
 DET = 'mask-rcnn_paca-{}_fpn_1x_coco'
 HEAD = 'paca-head_paca-{}_8xb2-160k_ade20k-512x512'
@@ -95,12 +94,7 @@ def test_config_builds(path):
 
 
 def _get_flops():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('get_flops', ROOT / 'tools/analysis_tools/get_flops.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool('tools/analysis_tools/get_flops.py').main
 
 
 FLOPS_CHECKED = (
@@ -162,7 +156,8 @@ def test_configs_inherit_upstream_bases():
 
 
 def test_lr_multiplier_reaches_every_clustering_type():
-    """The official ADE20K config's 'clustering.4' key matched only conv clustering (official segmentation/configs/paca_vit/paca_head/)."""
+    """The official ADE20K configs' 'clustering.4' key (segmentation/configs/paca_vit/paca_head/ of
+    iVMCL/PaCaViT) matched only conv clustering."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import MODELS
 
@@ -237,7 +232,6 @@ def _bundled_data_options(shapes_root, config: str) -> list:
 def test_config_family_trains_on_bundled_data(config, shapes_root, tmp_path):
     """Each family's real recipe (pipeline with its full-size multi-scale augmentation, optimizer with its
     parameter-wise rules, schedule) runs through tools/train.py; only the data and the length change."""
-    from .tools_helpers import run
 
     out = run(
         [

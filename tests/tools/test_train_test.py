@@ -9,9 +9,8 @@ import torch
 
 from mmcluster.models.backbones.paca_vit import convert_official_state_dict
 from mmcluster.utils.checkpoint import safe_load
-
-from .official_layout import official_backbone_shapes, random_state_dict
-from .tools_helpers import DET_DEMO, SEG_DEMO, run, shapes_options
+from tests.official_layout import official_backbone_shapes, random_state_dict
+from tests.tools_helpers import DET_DEMO, SEG_DEMO, run, shapes_options
 
 
 @pytest.fixture(scope='module')

@@ -1,11 +1,12 @@
-"""ImageNet via timm: the recipe file (official classification/configs/imagenet_vit_adamw.yml), the launcher for timm's own scripts, timm's create_model call."""
+"""ImageNet via timm: the recipe file (official classification/configs/imagenet_vit_adamw.yml), the launcher
+for timm's own scripts, timm's create_model call."""
 
 import pytest
 import timm
 import torch
 import yaml
 
-from .tools_helpers import ROOT, run
+from tests.tools_helpers import ROOT, run
 
 RECIPE = ROOT / 'configs/paca_vit/imagenet/paca-vit_8xb128-300e_in1k.yaml'
 

@@ -9,9 +9,8 @@ from mmengine.logging import MessageHub
 from mmcluster.apis import load_config
 from mmcluster.models.conversion import detect_family, get_converter
 from mmcluster.utils.checkpoint import safe_load
-
-from .official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
-from .tools_helpers import ROOT, run
+from tests.official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
+from tests.tools_helpers import load_tool, run
 
 ROOT_CFG = 'configs/paca_vit/'
 
@@ -46,14 +45,7 @@ def official_downstream(model, backbone_shapes, head_shapes=None, seed=0):
 
 
 def _tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        'convert_official', ROOT / 'tools/model_converters/convert_official.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('tools/model_converters/convert_official.py')
 
 
 def convert_file(tmp_path, checkpoint, cli=False):

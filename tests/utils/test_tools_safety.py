@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from ..tools_helpers import DET_DEMO, ROOT, SEG_DEMO, run, shapes_options
+from tests.tools_helpers import DET_DEMO, ROOT, SEG_DEMO, load_tool, run, shapes_options
 
 
 def run_failing(args, env=None, timeout=300) -> str:
@@ -146,10 +146,6 @@ def test_image_demo_stops_on_a_classifier_checkpoint_and_on_a_non_image(shapes_r
 
 
 def test_image_demo_names_a_missing_image(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('image_demo', ROOT / 'demo' / 'image_demo.py')
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool('demo/image_demo.py')
     with pytest.raises(FileNotFoundError, match=f'image {tmp_path / "missing.jpg"} does not exist'):
         demo.main([str(tmp_path / 'missing.jpg'), DET_DEMO, 'unused.pth', '--out-file', str(tmp_path / 'x.jpg')])

@@ -16,8 +16,7 @@ from mmcluster.models.backbones.paca_vit import (
     convert_official_state_dict,
 )
 from mmcluster.utils.checkpoint import load_pretrained
-
-from .official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
+from tests.official_layout import official_backbone_shapes, official_head_shapes, random_state_dict
 
 # (arch, official kwargs, our kwargs, entry count of the official state dict)
 VARIANTS = [

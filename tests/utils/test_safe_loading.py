@@ -19,8 +19,8 @@ from mmcluster.utils.checkpoint import (
     load_checkpoint_file,
     load_pretrained,
 )
+from tests.tools_helpers import ROOT
 
-from ..tools_helpers import ROOT
 from .conftest import init_from, save_malicious
 
 

@@ -1,4 +1,5 @@
-"""PaCa-ViT backbone: fidelity to the official model (iVMCL/PaCaViT models/paca_vit.py), downstream interface, robustness."""
+"""PaCa-ViT backbone: fidelity to the official model (iVMCL/PaCaViT models/paca_vit.py), downstream interface,
+robustness."""
 
 import math
 
