@@ -11,8 +11,7 @@ from mmcluster.visualization import (
     save_group_figure,
     upsample_masks,
 )
-
-from .tools_helpers import run
+from tests.tools_helpers import run
 
 
 def test_mean_threshold_masks_follow_eqn_7():
@@ -74,9 +73,13 @@ def test_classifier_mode_of_the_tool(tmp_path):
             '3',
             '--top-k',
             '2',
+            '--input-size',
+            '96',
+            '128',
         ],
         env={'OMP_NUM_THREADS': '1'},
     )
+    assert '(input 96x128, label tiger shark, Galeocerdo cuvieri)' in out  # ImageNet class 3, by timm's names
     for stage in range(3):
         assert f'stages.{stage}.blocks.0.attn.clustering: ' in out and '/ 100 clusters' in out
     assert (tmp_path / 'vis' / 'x_groups.png').is_file() and (tmp_path / 'vis' / 'x_clusters.png').is_file()

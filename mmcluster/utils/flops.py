@@ -1,6 +1,6 @@
 """Operation counting with ``torch.utils.flop_counter.FlopCounterMode``.
 
-Convention (the paper's, and what spec §2.11 measures): count multiply-accumulates (MACs) of
+Convention (what the PaCa-ViT paper reports as "FLOPs"): count multiply-accumulates (MACs) of
 convolutions and matrix products, attention's two products (QK^T and AV) and the clustering product
 C^T X included; element-wise ops, norms and softmax are not counted. FlopCounterMode counts 2 FLOPs per
 MAC, so MACs = FLOPs / 2.
@@ -9,12 +9,14 @@ mmengine's counter has no handler for ``scaled_dot_product_attention``. FlopCoun
 CUDA kernels, but not for the fused CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``); it is
 registered here with torch's own SDPA formula.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
@@ -24,8 +26,9 @@ def _cpu_flash_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=N
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _torchprofile_conv_flop(x_shape, w_shape, bias, stride, padding, dilation, transposed, *args,
-                            out_shape=None, **kwargs) -> int:
+def _torchprofile_conv_flop(
+    x_shape, w_shape, bias, stride, padding, dilation, transposed, *args, out_shape=None, **kwargs
+) -> int:
     """torchprofile counts every convolution as prod(output shape) x prod(weight shape[1:]). For a normal
     conv that is its MACs; a transposed conv's weight is (C_in, C_out / groups, k, k), so a stride-s
     transposed conv is counted s^2 times its MACs (e.g. the Mask R-CNN mask head's upsampling)."""
@@ -67,17 +70,31 @@ def _dummy_input(height: int, width: int) -> torch.Tensor:
 
 
 def _measure(model: torch.nn.Module, forward: Callable[[torch.Tensor], Any], images: torch.Tensor) -> dict:
-    """Params, MACs (both conventions) and the MACs of each top-level submodule of ``forward(images)``."""
+    """Params, MACs (both conventions) and the MACs of each top-level submodule of ``forward(images)`` (the
+    elements of a top-level ModuleList / ModuleDict, e.g. a backbone's ``stages.0``, each on its own)."""
     with torch.no_grad(), flop_counter(depth=2) as counter, flop_counter(convention='torchprofile') as paper:
         forward(images)
     root = type(model).__name__
-    by_module = {name[len(root) + 1:]: sum(ops.values()) // 2 for name, ops in counter.get_flop_counts().items()
-                 if name.startswith(root + '.') and name.count('.') == 1}
+    containers = {name for name, child in model.named_children() if isinstance(child, (nn.ModuleList, nn.ModuleDict))}
+
+    def top_level(name: str) -> bool:
+        parts = name[len(root) + 1 :].split('.')
+        return len(parts) == 1 or (len(parts) == 2 and parts[0] in containers)
+
+    by_module = {
+        name[len(root) + 1 :]: sum(ops.values()) // 2
+        for name, ops in counter.get_flop_counts().items()
+        if name.startswith(root + '.') and top_level(name)
+    }
     total = counter.get_total_flops() // 2
     if by_module and total > sum(by_module.values()):  # e.g. heads called through a method, not __call__
         by_module['(rest)'] = total - sum(by_module.values())
-    return dict(params=sum(p.numel() for p in model.parameters()), macs=total,
-                macs_torchprofile=paper.get_total_flops() // 2, macs_by_module=by_module)
+    return dict(
+        params=sum(p.numel() for p in model.parameters()),
+        macs=total,
+        macs_torchprofile=paper.get_total_flops() // 2,
+        macs_by_module=by_module,
+    )
 
 
 def config_complexity(cfg, height: int, width: int) -> dict:
@@ -100,8 +117,14 @@ def config_complexity(cfg, height: int, width: int) -> dict:
     return _measure(model, tensor_forward(model, cfg.get('default_scope')), _dummy_input(height, width))
 
 
+def module_complexity(model: torch.nn.Module, height: int, width: int) -> dict:
+    """Parameters and MACs of ``model(images)`` (a backbone or classifier) on one (height, width) image."""
+    model = model.eval()
+    return _measure(model, model, _dummy_input(height, width))
+
+
 def timm_complexity(name: str, height: int, width: int, **kwargs: Any) -> dict:
     """Parameters and MACs of a timm-registered model on one (height, width) image."""
     import timm
-    model = timm.create_model(name, **kwargs).eval()
-    return _measure(model, model, _dummy_input(height, width))
+
+    return module_complexity(timm.create_model(name, **kwargs), height, width)

@@ -2,16 +2,62 @@
 
 The assignment logits C_{N,M} of a clustering layer, taken before the softmax and passed through a
 sigmoid, are reshaped to M spatial heatmaps H^m. The mean-threshold mask of Eqn. 7 keeps the positions
-whose score exceeds the heatmap's mean.
+whose score exceeds the heatmap's mean. The maps come from any model that implements the cluster-map
+protocol of ``mmcluster/models/backbones/base.py`` (``cluster_maps(x) -> {name: (B, M, h, w)}``), through
+:func:`image_cluster_maps`.
 """
+
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+class NoClusterMapsError(TypeError):
+    """A model that does not implement the cluster-map protocol (it has no clustering layers to show)."""
+
+
+def image_cluster_maps(
+    model: torch.nn.Module, images: torch.Tensor, index: int = 0
+) -> 'OrderedDict[str, torch.Tensor]':
+    """Layer name -> the (M, h, w) map of image ``index`` of every clustering layer of ``model`` (a backbone or
+    classifier implementing the cluster-map protocol), for the batch ``images`` (B, 3, H, W).
+
+    Raises:
+        NoClusterMapsError: ``model`` does not implement the protocol (no ``cluster_maps``, or it raises
+            ``NotImplementedError``).
+        ValueError: it returned no map, or a map that is not (B, M, h, w).
+    """
+    method = getattr(model, 'cluster_maps', None)
+    if not callable(method):
+        raise NoClusterMapsError(
+            f'{type(model).__name__} does not implement the cluster-map protocol (cluster_maps): '
+            f'it has no clustering layers to visualise'
+        )
+    try:
+        with torch.no_grad():
+            maps = method(images)
+    except NotImplementedError:
+        raise NoClusterMapsError(
+            f'{type(model).__name__} does not implement cluster_maps: it has no clustering layers to visualise'
+        ) from None
+    if not maps:
+        raise ValueError(f'{type(model).__name__}.cluster_maps returned no clustering layer')
+    out = OrderedDict()
+    for name, value in maps.items():
+        if not isinstance(value, torch.Tensor) or value.ndim != 4 or value.shape[0] != images.shape[0]:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f'{type(model).__name__}.cluster_maps: {name!r} must be a (B, M, h, w) tensor with '
+                f'B = {images.shape[0]}, got {shape}'
+            )
+        out[name] = value[index]
+    return out
 
 
 def heatmaps(logits: torch.Tensor) -> torch.Tensor:
@@ -48,8 +94,10 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.55) -> np.n
 def _pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend (the figures are only written to files)."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -65,9 +113,14 @@ def _save_figure(fig, out_file: str | Path, title: Optional[str] = None, dpi: in
     return out_file
 
 
-def save_heatmap_grid(image: np.ndarray, layer_logits: Mapping[str, torch.Tensor], out_file: str | Path,
-                      num_clusters: int = 6, title: Optional[str] = None,
-                      cluster_names: Optional[Mapping[str, Sequence[str]]] = None) -> Path:
+def save_heatmap_grid(
+    image: np.ndarray,
+    layer_logits: Mapping[str, torch.Tensor],
+    out_file: str | Path,
+    num_clusters: int = 6,
+    title: Optional[str] = None,
+    cluster_names: Optional[Mapping[str, Sequence[str]]] = None,
+) -> Path:
     """One row per clustering layer: the image, then the ``num_clusters`` most selective heatmaps over it.
 
     Args:
@@ -99,8 +152,9 @@ def save_heatmap_grid(image: np.ndarray, layer_logits: Mapping[str, torch.Tensor
 
 
 @torch.no_grad()
-def masked_reclassification(classifier: torch.nn.Module, image: torch.Tensor, logits: torch.Tensor, label: int,
-                            normalize, batch_size: int = 50) -> dict:
+def masked_reclassification(
+    classifier: torch.nn.Module, image: torch.Tensor, logits: torch.Tensor, label: int, normalize, batch_size: int = 50
+) -> dict:
     """Sec. 3.3 for one clustering layer: mask the image with each cluster's mean-threshold mask (Eqns. 7, 8)
     and classify every masked image again.
 
@@ -117,7 +171,7 @@ def masked_reclassification(classifier: torch.nn.Module, image: torch.Tensor, lo
     masks = upsample_masks(mean_threshold_masks(heatmaps(logits)), tuple(image.shape[-2:]))
     probs, preds = [], []
     for start in range(0, masks.shape[0], batch_size):
-        chunk = masks[start:start + batch_size]
+        chunk = masks[start : start + batch_size]
         masked = image[None] * chunk[:, None].to(image.dtype)  # Eqn. 8
         out = classifier(normalize(masked)).softmax(dim=-1)
         probs.append(out[:, label])
@@ -126,8 +180,15 @@ def masked_reclassification(classifier: torch.nn.Module, image: torch.Tensor, lo
     return dict(masks=masks, prob=prob, pred=pred, positive=pred == label)
 
 
-def save_group_figure(image: np.ndarray, layers: Mapping[str, tuple[torch.Tensor, dict]], out_file: str | Path,
-                      label_name: str, base_prob: float, top_k: int = 3, class_names: Optional[Sequence[str]] = None) -> Path:
+def save_group_figure(
+    image: np.ndarray,
+    layers: Mapping[str, tuple[torch.Tensor, dict]],
+    out_file: str | Path,
+    label_name: str,
+    base_prob: float,
+    top_k: int = 3,
+    class_names: Optional[Sequence[str]] = None,
+) -> Path:
     """Fig. 6 of the paper: per clustering layer, the top-k clusters of the positive group and of the negative
     group (ranked by the probability of the label), each as its heatmap and its masked image."""
     plt = _pyplot()
@@ -141,9 +202,16 @@ def save_group_figure(image: np.ndarray, layers: Mapping[str, tuple[torch.Tensor
         top, bottom = axes[2 * row], axes[2 * row + 1]
         top[0].imshow(image)
         top[0].set_title(f'{name.replace(".attn.clustering", "")}\n{label_name[:24]}: p={base_prob:.2f}', fontsize=7)
-        bottom[0].text(0.0, 0.5, f'positive: {int(result["positive"].sum())}\nnegative: '
-                       f'{int((~result["positive"]).sum())}\nof {len(result["positive"])} clusters', fontsize=8)
-        slots = [(1 + i, '+', m) for i, m in enumerate(positive)] + [(1 + top_k + i, '-', m) for i, m in enumerate(negative)]
+        bottom[0].text(
+            0.0,
+            0.5,
+            f'positive: {int(result["positive"].sum())}\nnegative: '
+            f'{int((~result["positive"]).sum())}\nof {len(result["positive"])} clusters',
+            fontsize=8,
+        )
+        slots = [(1 + i, '+', m) for i, m in enumerate(positive)] + [
+            (1 + top_k + i, '-', m) for i, m in enumerate(negative)
+        ]
         for col, group, m in slots:
             top[col].imshow(overlay(image, maps[m].cpu().numpy()))
             top[col].set_title(f'{group} cluster {m}', fontsize=7)
@@ -157,8 +225,9 @@ def save_group_figure(image: np.ndarray, layers: Mapping[str, tuple[torch.Tensor
     return _save_figure(fig, out_file, dpi=100)
 
 
-def save_all_clusters(image: np.ndarray, logits: torch.Tensor, out_file: str | Path, columns: int = 10,
-                      title: Optional[str] = None) -> Path:
+def save_all_clusters(
+    image: np.ndarray, logits: torch.Tensor, out_file: str | Path, columns: int = 10, title: Optional[str] = None
+) -> Path:
     """Figs. 9 and 10 of the paper: every cluster's heatmap of one clustering layer, in a grid."""
     plt = _pyplot()
     maps = heatmaps(logits)

@@ -1,4 +1,4 @@
-"""Cluster assignments of PaCa-ViT models as images (PaCa-ViT paper Sec. 3.3, Figs. 6, 9, 10).
+"""Cluster assignments of clustering ViTs as images (PaCa-ViT paper Sec. 3.3, Figs. 6, 9, 10).
 
     # ImageNet classifier: heatmaps, mean-threshold masks (Eqn. 7), masked re-classification (Eqn. 8)
     python tools/analysis_tools/visualize_clusters.py timm:paca_small IMAGE [IMAGE ...] --out-dir DIR \
@@ -6,9 +6,12 @@
     # detector or segmentor: heatmaps
     python tools/analysis_tools/visualize_clusters.py CONFIG IMAGE [IMAGE ...] --checkpoint CKPT --out-dir DIR
 
-For every image it writes DIR/<image>_clusters.png: one row per clustering layer (stage-wise models: one per
-clustered stage), the most selective clusters' heatmaps H^m = sigmoid(assignment logits before the softmax)
-over the input; a PaCa segmentation head's class-aligned clusters form the last row. For classifiers also:
+Works for every family whose backbone / classifier implements the cluster-map protocol of
+mmcluster/models/backbones/base.py: ``cluster_maps(x)`` gives each clustering layer's map (B, M, h, w),
+here the assignment logits before the softmax over tokens. For every image it writes
+DIR/<image>_clusters.png: one row per clustering layer, the most selective clusters' heatmaps
+H^m = sigmoid(map) over the input; a decode head with class-aligned clusters (one that has
+``forward_with_clusters``, e.g. the PaCa segmentation head) forms the last row. For classifiers also:
 
 * DIR/<image>_groups.png (Fig. 6): each cluster's mask M^m = H^m > mean(H^m) (Eqn. 7) is upsampled
   (nearest) to the input and multiplies the image (Eqn. 8); the masked images are classified again. The
@@ -16,29 +19,37 @@ over the input; a PaCa segmentation head's class-aligned clusters form the last 
   probability of the label. The label is --label (an ImageNet class index), or the model's prediction on
   the whole image.
 * with --all-clusters, DIR/<image>_<layer>_all.png (Figs. 9, 10): all M heatmaps of each layer.
+
+A classifier's --checkpoint may be in mmcluster's layout or in the family's official one: it is converted
+by the family's converter (mmcluster.models.conversion), the family being the model's, or else the one
+whose official layout the checkpoint uses.
 """
+
 from __future__ import annotations
 
 import argparse
 import os.path as osp
-import sys
 from collections import OrderedDict
+from typing import Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
+from mmengine.config import DictAction
 
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-
-import mmcluster  # noqa: E402,F401
-from mmcluster.visualization import (masked_reclassification, save_all_clusters, save_group_figure,  # noqa: E402
-                                     save_heatmap_grid)
+import mmcluster  # noqa: F401  (registers the models)
+from mmcluster.visualization import (
+    NoClusterMapsError,
+    image_cluster_maps,
+    masked_reclassification,
+    save_all_clusters,
+    save_group_figure,
+    save_heatmap_grid,
+)
 
 
 def detector_or_segmentor_layers(model, inputs: torch.Tensor) -> tuple[OrderedDict, dict]:
-    """Layer name -> assignment logits (M, h, w) of the first image, and names for class-aligned clusters."""
-    if not hasattr(model.backbone, 'cluster_logits'):
-        raise SystemExit(f'{type(model.backbone).__name__} has no clustering layers to visualise')
-    layers = OrderedDict((k, v[0]) for k, v in model.backbone.cluster_logits(inputs).items())
+    """Layer name -> map (M, h, w) of the first image, through the backbone's ``cluster_maps``, plus a decode
+    head's class-aligned clusters; and the names of such clusters (the dataset's classes)."""
+    layers = image_cluster_maps(model.backbone, inputs)
     names = {}
     head = getattr(model, 'decode_head', None)
     if head is not None and hasattr(head, 'forward_with_clusters'):
@@ -51,24 +62,64 @@ def detector_or_segmentor_layers(model, inputs: torch.Tensor) -> tuple[OrderedDi
     return layers, names
 
 
-def build_classifier(name: str, checkpoint: str | None, pretrained: bool, device: str):
+def classifier_family(model: torch.nn.Module, state_dict: Optional[dict] = None) -> Optional[str]:
+    """The converter family of a classifier: its class's ``family``, else the family named like the module
+    that defines its class (``mmcluster.models.backbones.paca_vit`` -> ``paca_vit``), else the family whose
+    official layout ``state_dict`` uses; None if none of these is known."""
+    from mmcluster.models.conversion import detect_family, families
+
+    known = families()
+    family = getattr(type(model), 'family', None)
+    if family in known:
+        return family
+    module_family = type(model).__module__.rsplit('.', 1)[-1]
+    if module_family in known:
+        return module_family
+    if state_dict is not None:
+        try:
+            return detect_family(state_dict)
+        except ValueError:
+            return None
+    return None
+
+
+def load_classifier_checkpoint(model: torch.nn.Module, checkpoint: str) -> Optional[str]:
+    """Load ``checkpoint`` (mmcluster's or the official layout) into ``model`` through its family's converter;
+    every tensor of the model must be in it. Returns the family (None: loaded without conversion)."""
+    from mmcluster.models.conversion import get_converter
+    from mmcluster.utils.checkpoint import extract_state_dict, load_checkpoint_file, load_pretrained
+
+    family = classifier_family(model)
+    if family is None:
+        family = classifier_family(model, extract_state_dict(load_checkpoint_file(checkpoint)))
+    convert = get_converter(family).convert_backbone if family is not None else None
+    report = load_pretrained(model, checkpoint, convert=convert)
+    if report.missing:
+        raise ValueError(
+            f'{checkpoint} lacks {len(report.missing)} tensors of {type(model).__name__} '
+            f'(family {family}), e.g. {report.missing[:5]}: is it a checkpoint of this model?'
+        )
+    return family
+
+
+def build_classifier(name: str, checkpoint: Optional[str], pretrained: bool, device: str):
     import timm
-    from mmcluster.models.backbones.paca_vit import convert_official_state_dict
-    from mmcluster.utils.checkpoint import load_pretrained
+
     model = timm.create_model(name, pretrained=pretrained)
-    if not hasattr(model, 'cluster_logits'):
-        raise SystemExit(f'timm model {name} has no clustering layers to visualise')
     if checkpoint:
-        load_pretrained(model, checkpoint, convert=convert_official_state_dict)
+        load_classifier_checkpoint(model, checkpoint)
     return model.to(device).eval()
 
 
-def classifier_inputs(model, image_path: str, device: str):
-    """The [0, 1] image after timm's eval resize and crop, and a function normalising such images."""
+def classifier_inputs(model, image_path: str, device: str, input_size: Optional[tuple[int, int]] = None):
+    """The [0, 1] image after timm's eval resize and crop (to ``input_size`` (H, W) if given, else the model's
+    default size), and a function normalising such images."""
     import timm
     from PIL import Image
     from torchvision import transforms
-    config = timm.data.resolve_data_config({}, model=model)
+
+    args = {} if input_size is None else {'input_size': (3, *input_size)}
+    config = timm.data.resolve_data_config(args, model=model)
     transform = timm.data.create_transform(**config)
     steps = list(transform.transforms)
     if not isinstance(steps[-1], transforms.Normalize):
@@ -81,8 +132,44 @@ def class_names(num_classes: int):
     if num_classes != 1000:
         return None
     import timm
+
     info = timm.data.ImageNetInfo()
     return [info.index_to_description(i) for i in range(1000)]
+
+
+def classifier_figures(
+    model,
+    image_path: str,
+    out_dir: str,
+    label: Optional[int] = None,
+    top_k: int = 3,
+    num_clusters: int = 6,
+    all_clusters: bool = False,
+    device: str = 'cpu',
+    input_size: Optional[tuple[int, int]] = None,
+) -> dict:
+    """Heatmaps, groups (and with ``all_clusters`` every cluster) of one image for a classifier implementing
+    the cluster-map protocol. Returns layer name -> :func:`masked_reclassification`'s result."""
+    names = class_names(model.num_classes)
+    image, normalize = classifier_inputs(model, image_path, device, input_size)
+    rgb = (image.permute(1, 2, 0) * 255).round().byte().cpu().numpy()
+    with torch.no_grad():
+        probs = model(normalize(image[None])).softmax(-1)[0]
+    label = int(probs.argmax()) if label is None else label
+    logits = image_cluster_maps(model, normalize(image[None]))
+    stem = osp.join(out_dir, osp.splitext(osp.basename(image_path))[0])
+    label_name = names[label] if names else f'class {label}'
+    save_heatmap_grid(rgb, logits, f'{stem}_clusters.png', num_clusters, title=label_name)
+    results = OrderedDict(
+        (k, (v, masked_reclassification(model, image, v, label, normalize))) for k, v in logits.items()
+    )
+    out = save_group_figure(rgb, results, f'{stem}_groups.png', label_name, float(probs[label]), top_k, names)
+    print(f'wrote {stem}_clusters.png, {out} (input {image.shape[1]}x{image.shape[2]}, label {label_name})')
+    for name, (layer_logits, result) in results.items():
+        print(f'  {name}: {int(result["positive"].sum())} positive / {len(result["positive"])} clusters')
+        if all_clusters:
+            save_all_clusters(rgb, layer_logits, f'{stem}_{name.replace(".", "-")}_all.png', title=name)
+    return OrderedDict((k, result) for k, (_, result) in results.items())
 
 
 def main(argv=None) -> None:
@@ -96,48 +183,63 @@ def main(argv=None) -> None:
     parser.add_argument('--top-k', type=int, default=3, help='timm: clusters per group in the groups figure')
     parser.add_argument('--all-clusters', action='store_true', help='also draw every cluster of every layer')
     parser.add_argument('--num-clusters', type=int, default=6, help='heatmaps per row (most selective first)')
+    parser.add_argument(
+        '--input-size',
+        type=int,
+        nargs='+',
+        metavar='SIZE',
+        help="timm: the classifier's input, H W or one size (default: the model's, e.g. 224)",
+    )
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     if args.num_clusters < 1 or args.top_k < 1:
         parser.error('--num-clusters and --top-k must be >= 1')
+    input_size = None
+    if args.input_size is not None:
+        if len(args.input_size) not in (1, 2) or min(args.input_size) < 32:
+            parser.error(f'--input-size takes H W or one size, each >= 32; got {args.input_size}')
+        input_size = tuple((args.input_size * 2)[:2])
 
     if args.model.startswith('timm:'):
-        model = build_classifier(args.model[len('timm:'):], args.checkpoint, args.pretrained, args.device)
-        names = class_names(model.num_classes)
+        try:
+            model = build_classifier(args.model[len('timm:') :], args.checkpoint, args.pretrained, args.device)
+        except (ValueError, KeyError) as error:
+            parser.error(f'{args.model}: {error}')
         if args.label is not None and not 0 <= args.label < model.num_classes:
             parser.error(f'--label must be a class index in [0, {model.num_classes})')
         for image_path in args.images:
-            image, normalize = classifier_inputs(model, image_path, args.device)
-            rgb = (image.permute(1, 2, 0) * 255).round().byte().cpu().numpy()
-            with torch.no_grad():
-                probs = model(normalize(image[None])).softmax(-1)[0]
-            label = int(probs.argmax()) if args.label is None else args.label
-            logits = OrderedDict((k, v[0]) for k, v in model.cluster_logits(normalize(image[None])).items())
-            stem = osp.join(args.out_dir, osp.splitext(osp.basename(image_path))[0])
-            label_name = names[label] if names else f'class {label}'
-            save_heatmap_grid(rgb, logits, f'{stem}_clusters.png', args.num_clusters, title=label_name)
-            results = OrderedDict((k, (v, masked_reclassification(model, image, v, label, normalize)))
-                                  for k, v in logits.items())
-            out = save_group_figure(rgb, results, f'{stem}_groups.png', label_name, float(probs[label]),
-                                    args.top_k, names)
-            print(f'wrote {stem}_clusters.png, {out}')
-            for name, (layer_logits, result) in results.items():
-                print(f'  {name}: {int(result["positive"].sum())} positive / {len(result["positive"])} clusters')
-                if args.all_clusters:
-                    save_all_clusters(rgb, layer_logits, f'{stem}_{name.replace(".", "-")}_all.png', title=name)
+            try:
+                classifier_figures(
+                    model,
+                    image_path,
+                    args.out_dir,
+                    args.label,
+                    args.top_k,
+                    args.num_clusters,
+                    args.all_clusters,
+                    args.device,
+                    input_size,
+                )
+            except NoClusterMapsError as error:
+                parser.error(f'{args.model}: {error}')
         return
 
     if not args.checkpoint:
         parser.error('--checkpoint is required with a config file')
     from mmcluster.apis import build_model, load_config, prepare_image
+
     model = build_model(load_config(args.model, args.cfg_options), args.checkpoint, args.device)
     for image_path in args.images:
         inputs, rgb = prepare_image(model, image_path)
-        layers, names = detector_or_segmentor_layers(model, inputs)
+        try:
+            layers, names = detector_or_segmentor_layers(model, inputs)
+        except NoClusterMapsError as error:
+            parser.error(f'{args.model}: {error}')
         stem = osp.join(args.out_dir, osp.splitext(osp.basename(image_path))[0])
-        out = save_heatmap_grid(rgb, layers, f'{stem}_clusters.png', args.num_clusters,
-                                title=osp.basename(image_path), cluster_names=names)
+        out = save_heatmap_grid(
+            rgb, layers, f'{stem}_clusters.png', args.num_clusters, title=osp.basename(image_path), cluster_names=names
+        )
         print(f'wrote {out}')
         if args.all_clusters:
             for name, layer_logits in layers.items():
