@@ -1,5 +1,5 @@
-"""Official PaCa-ViT state-dict layouts, written out from the official key layout (models/paca_vit.py and the PaCa head of iVMCL/PaCaViT) and
-independent of mmcluster's modules, to test the converters against."""
+"""Official PaCa-ViT state-dict layouts, written out from the official key layout (models/paca_vit.py and the
+PaCa head of iVMCL/PaCaViT) and independent of mmcluster's modules, to test the converters against."""
 
 from collections import OrderedDict
 

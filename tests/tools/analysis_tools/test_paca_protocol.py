@@ -8,9 +8,8 @@ import torch
 from mmcluster.models.backbones.paca_vit import PaCaViT, PaCaViTClassifier
 from mmcluster.models.conversion import get_converter
 from mmcluster.utils.benchmark import measure_train, training_loss
+from tests.official_layout import official_backbone_shapes, random_state_dict
 from tests.tools_helpers import load_tool
-
-from ..official_layout import official_backbone_shapes, random_state_dict
 
 
 def test_check_amp_watches_pacas_soft_assignments():
