@@ -7,6 +7,7 @@ mmseg's SegLocalVisualizer (the class map blended over the image). CHECKPOINT (a
 ``weights_only=True`` and must fit the config's model exactly: a checkpoint of another model stops with the
 list of keys that do not fit. IMAGE must be a file that OpenCV reads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def dataset_meta(model, cfg) -> dict:
     """Class names and palette: the checkpoint's (what it was trained on), completed from the config's test
     dataset (as mmdet's init_detector does)."""
     from mmengine.registry import DATASETS
+
     meta = dict(getattr(model, 'dataset_meta', None) or {})
     dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
     dataset_cfg['lazy_init'] = True  # the metainfo only: no annotation file is read
@@ -65,21 +67,31 @@ def main(argv=None):
     if cfg.default_scope == 'mmdet':
         from mmdet.apis import inference_detector
         from mmdet.registry import VISUALIZERS
+
         result = inference_detector(model, image)
         visualizer = VISUALIZERS.build(dict(type='DetLocalVisualizer', name='mmcluster_demo'))
         visualizer.dataset_meta = model.dataset_meta
-        visualizer.add_datasample('result', mmcv.bgr2rgb(image), result, draw_gt=False, show=False,
-                                  pred_score_thr=args.score_thr, out_file=args.out_file)
+        visualizer.add_datasample(
+            'result',
+            mmcv.bgr2rgb(image),
+            result,
+            draw_gt=False,
+            show=False,
+            pred_score_thr=args.score_thr,
+            out_file=args.out_file,
+        )
         kept = int((result.pred_instances.scores >= args.score_thr).sum())
         print(f'{kept} objects with score >= {args.score_thr}; drawn into {args.out_file}')
     else:
         from mmseg.apis import inference_model
         from mmseg.registry import VISUALIZERS
+
         result = inference_model(model, image)
         visualizer = VISUALIZERS.build(dict(type='SegLocalVisualizer', name='mmcluster_demo', alpha=args.opacity))
         visualizer.dataset_meta = model.dataset_meta
-        visualizer.add_datasample('result', mmcv.bgr2rgb(image), result, draw_gt=False, show=False,
-                                  out_file=args.out_file)
+        visualizer.add_datasample(
+            'result', mmcv.bgr2rgb(image), result, draw_gt=False, show=False, out_file=args.out_file
+        )
         classes = sorted(set(result.pred_sem_seg.data.unique().tolist()))
         names = [model.dataset_meta['classes'][c] for c in classes]
         print(f'classes present: {", ".join(names)}; drawn into {args.out_file}')
