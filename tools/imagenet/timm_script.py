@@ -17,8 +17,6 @@ import os.path as osp
 import runpy
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -34,7 +32,7 @@ def main(argv=None) -> None:
     import mmcluster  # noqa: F401  (registers paca_* in timm)
 
     sys.argv = [script] + argv
-    sys.path.insert(0, osp.dirname(osp.abspath(script)))
+    sys.path.insert(0, osp.dirname(osp.abspath(script)))  # as `python SCRIPT` would: its own folder first
     runpy.run_path(script, run_name='__main__')
 
 
