@@ -42,6 +42,8 @@ REFERENCE_PRESETS: dict[str, dict] = {
 # that docs and scripts use.
 PRESET_VARIANTS: dict[str, tuple[str, dict]] = {
     'paca-small-mlp': ('paca-small', dict(clustering='mlp')),
+    # SecViT's linear mode: clusters of 98 tokens (as the default counts give at 224x224) at any resolution
+    'secvit-small-linear': ('secvit-small', dict(tokens_per_cluster=98)),
 }
 
 

@@ -9,7 +9,12 @@ import torch
 from mmcluster.models.backbones import MM_BACKBONES
 from mmcluster.models.layers import pool_clusters, soft_assignment
 
-SMALL = {'PaCaViT': dict(arch='tiny_teacher')}  # a small variant of each backbone, with every part
+SMALL = {'PaCaViT': dict(arch='tiny_teacher'), 'SecViT': dict(arch='tiny')}  # small variants, with every part
+# Relative error allowed under autocast. SecViT's hard sort into clusters is discontinuous: a token whose score
+# moves past a neighbour's changes cluster, so at random initialisation a 1e-4 relative change of the input
+# already moves its fp32 output by about 8%. For it only finiteness is checked here, and tests/models/
+# test_secvit.py checks that the scores and the sort run in fp32.
+AUTOCAST_RTOL = {'PaCaViT': 0.05, 'SecViT': None}
 
 
 def build(cls, **kwargs):
@@ -17,7 +22,7 @@ def build(cls, **kwargs):
 
 
 def test_every_backbone_has_a_small_variant_here():
-    assert {cls.__name__ for cls in MM_BACKBONES} == set(SMALL)
+    assert {cls.__name__ for cls in MM_BACKBONES} == set(SMALL) == set(AUTOCAST_RTOL)
 
 
 def _frozen_pattern(stem, stages):
@@ -151,6 +156,8 @@ def test_autocast_is_finite_and_close_to_fp32(cls, dtype, size):
         reference = model(x)
         with torch.autocast('cpu', dtype=dtype):
             outs = model(x)
+    rtol = AUTOCAST_RTOL[cls.__name__]
     for out, ref in zip(outs, reference):
         assert torch.isfinite(out).all()
-        assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
+        if rtol is not None:
+            assert ((out.float() - ref).norm() / ref.norm()).item() < rtol

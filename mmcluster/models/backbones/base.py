@@ -250,6 +250,7 @@ class BackboneContract:
     """
 
     family: str  # key of the family's converter in mmcluster.models.conversion
+    classifier_prefixes: tuple[str, ...] = ('head.',)  # checkpoint keys of the classifier, not loaded
     out_indices: tuple[int, ...]
 
     def init_backbone(
@@ -357,7 +358,7 @@ class BackboneContract:
                 prefix=self.init_cfg.get('prefix'),
                 convert=converter.convert_backbone,
                 may_reinit=converter.may_reinit,
-                ignore_unexpected=('head.',),
+                ignore_unexpected=self.classifier_prefixes,
                 logger=MMLogger.get_current_instance(),
             )
         self._is_init = True

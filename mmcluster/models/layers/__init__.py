@@ -1,7 +1,34 @@
 """Layers shared by mmcluster's model families (torch, timm and einops only)."""
+
 from .blur_conv import BlurConv2d
 from .clustering import SoftAssignment, pool_clusters, soft_assignment
 from .conv_downsample import ConvDownsample
+from .equitable_clustering import (
+    EquitableLayout,
+    SemanticScores,
+    cluster_ids,
+    equitable_cluster_attention,
+    equitable_layout,
+    resolve_num_clusters,
+)
 from .ffn import DWConvFFN
+from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
 
-__all__ = ['BlurConv2d', 'ConvDownsample', 'DWConvFFN', 'SoftAssignment', 'pool_clusters', 'soft_assignment']
+__all__ = [
+    'BlurConv2d',
+    'ConvDownsample',
+    'DWConvFFN',
+    'EquitableLayout',
+    'RoPE2d',
+    'SemanticScores',
+    'SoftAssignment',
+    'apply_rope',
+    'cluster_ids',
+    'equitable_cluster_attention',
+    'equitable_layout',
+    'pool_clusters',
+    'resolve_num_clusters',
+    'rope_angles',
+    'rotate_pairs',
+    'soft_assignment',
+]
