@@ -15,24 +15,9 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -n "${PYTHON:-}" ]; then
-  ORIGIN="from \$PYTHON"
-elif [ -x "$ROOT/.venv/bin/python" ]; then
-  PYTHON="$ROOT/.venv/bin/python"
-  ORIGIN="the repository's .venv"
-else
-  PYTHON=python
-  ORIGIN="no $ROOT/.venv/bin/python, so \`python\` from the PATH; set PYTHON to choose another"
-fi
-if ! FOUND=$(cd "$ROOT/tools" && "$PYTHON" -c \
-    'import sys, mmcluster; print(sys.executable, "with mmcluster", mmcluster.__version__, "from", mmcluster.__file__)' 2>&1); then
-  echo "slurm_launch.sh: error: the Python interpreter '$PYTHON' ($ORIGIN) cannot import mmcluster:" >&2
-  echo "$FOUND" | tail -n 3 | sed 's/^/    /' >&2
-  echo "Run tools/setup_env.sh (creates $ROOT/.venv), or set PYTHON=/path/to/python of an environment where" >&2
-  echo "mmcluster is installed (pip install -e $ROOT)." >&2
-  exit 1
-fi
-echo "slurm_launch.sh: Python: ${FOUND} ($ORIGIN)" >&2
+# shellcheck source=launch_python.sh
+source "$ROOT/tools/launch_python.sh"
+launch_python slurm_launch.sh
 exec srun -p "$PARTITION" --job-name="$JOB_NAME" \
   --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" \
   --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=1 ${SRUN_ARGS:-} \

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ('dist_launch.sh', 'dist_train.sh', 'dist_test.sh', 'slurm_launch.sh', 'slurm_train.sh', 'slurm_test.sh')
+SCRIPTS = (
+    'dist_launch.sh',
+    'dist_train.sh',
+    'dist_test.sh',
+    'slurm_launch.sh',
+    'slurm_train.sh',
+    'slurm_test.sh',
+    'launch_python.sh',
+)
 # A tool that shows how torchrun started it and where mmcluster came from.
 ECHO_TOOL = """import os, sys
 import mmcluster
