@@ -17,4 +17,4 @@ lint: setup
 	$(VENV_BIN)/codespell
 
 test: lint
-	$(VENV_BIN)/python -m pytest tests -q
+	$(VENV_BIN)/python -m pytest tests -q --durations=30

@@ -1,0 +1,4 @@
+# Semantic FPN 80k (PVT's recipe; SecViT paper Table 5), SecViT-Large backbone, ADE20K 512x512.
+_base_ = './fpn_secvit-tiny_8xb2-80k_ade20k-512x512.py'
+
+model = dict(backbone=dict(arch='large'), neck=dict(in_channels=[112, 224, 448, 640]))
