@@ -44,6 +44,13 @@ def check_rate(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a float if it is a positive real number (not a bool), else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
+        raise ValueError(f'{name} must be a positive number, got {value!r}')
+    return float(value)
+
+
 def _is_sequence(value: Any) -> bool:
     """A list, tuple, 1-d numpy array or similar; not a string, a mapping or a scalar."""
     return (

@@ -39,7 +39,15 @@ from torch.utils.checkpoint import checkpoint
 
 from ..conversion import FamilyConverter, RuleTable, register_converter
 from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, SoftAssignment, pool_clusters
-from .base import BackboneContract, HierarchicalViT, check_int, check_per_stage, check_rate, create_timm_model
+from .base import (
+    BackboneContract,
+    HierarchicalViT,
+    check_int,
+    check_per_stage,
+    check_positive,
+    check_rate,
+    create_timm_model,
+)
 
 Clustering = Literal['conv', 'mlp', 'teacher']
 Assignment = Literal['stage', 'block']
@@ -454,8 +462,7 @@ class PaCaViTClassifier(HierarchicalViT):
                 raise ValueError(f'num_heads {num_heads} must divide embed_dims {embed_dims} stage by stage')
         drop_path_rate = check_rate('drop_path_rate', drop_path_rate)
         in_chans = check_int('in_chans', in_chans, 1)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
+        check_positive('mlp_ratio', mlp_ratio)
 
         self.embed_dims = embed_dims
         self.depths = depths

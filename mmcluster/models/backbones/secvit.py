@@ -56,13 +56,14 @@ from .base import (
     check_indices,
     check_int,
     check_per_stage,
+    check_positive,
     check_rate,
     create_timm_model,
 )
 
 # The official variants (qhfan/SecViT classfication_release/SecViT.py, builders *_T/_S/_M/_L; the official
-# code calls base "M"). `layer_scale`: stages whose blocks
-# have layer scale (gamma_1, gamma_2, init 1e-6); `drop_path_rate`: the ImageNet recipe's maximum.
+# code calls base "M"). `layer_scale`: stages whose blocks have layer scale (gamma_1, gamma_2, init 1e-6);
+# `drop_path_rate`: the ImageNet recipe's maximum.
 SECVIT_ARCHS: dict[str, dict] = {
     'tiny': dict(
         embed_dims=(64, 128, 256, 512),
@@ -454,8 +455,7 @@ class SecViTClassifier(HierarchicalViT):
         drop_path_rate = check_rate('drop_path_rate', drop_path_rate)
         in_chans = check_int('in_chans', in_chans, 1)
         head_hidden_size = check_int('head_hidden_size', head_hidden_size, 0)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be a positive number, got {mlp_ratio!r}')
+        check_positive('mlp_ratio', mlp_ratio)
 
         self.embed_dims = embed_dims
         self.depths = depths
