@@ -226,6 +226,25 @@ class HierarchicalViT(nn.Module):
 
     # -- the cluster-map protocol -------------------------------------------------------------------
 
+    def forward_capturing(
+        self,
+        x: torch.Tensor,
+        modules: dict[str, nn.Module],
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """The stage outputs for ``x`` and the outputs of ``modules`` (by name) during that forward pass, for
+        the families' ``cluster_maps``. A module that did not run has no entry."""
+        captured: dict[str, Any] = {}
+        handles = [
+            module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+            for name, module in modules.items()
+        ]
+        try:
+            outs = self.forward_stages(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outs, captured
+
     def cluster_maps(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
         """Every clustering layer's map for input ``x``, (B, M, h, w), keyed by the layer's name."""
         raise NotImplementedError

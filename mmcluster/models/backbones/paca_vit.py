@@ -524,17 +524,8 @@ class PaCaViTClassifier(HierarchicalViT):
         This is C_{N,M} of Sec. 3.3 reshaped to M spatial heatmaps, keyed by the layer's name; stage-wise
         models have one per clustered stage, block-wise models one per block.
         """
-        captured: dict[str, torch.Tensor] = {}
         layers = list(self.clustering_layers())
-        handles = [
-            module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-            for name, _, module in layers
-        ]
-        try:
-            outs = self.forward_stages(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        outs, captured = self.forward_capturing(x, {name: module for name, _, module in layers})
         maps = OrderedDict()
         for name, stage, _ in layers:
             height, width = outs[stage].shape[-2:]

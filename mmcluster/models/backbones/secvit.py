@@ -548,17 +548,8 @@ class SecViTClassifier(HierarchicalViT):
         key). One map per clustered stage (its first block; every block with ``all_blocks``), keyed by the
         attention layer's name; stages that run full attention at this input size have none. This is what
         the paper's Fig. 4 colours."""
-        captured: dict[str, torch.Tensor] = {}
         layers = list(self.clustering_layers(all_blocks))
-        handles = [
-            attn.scores.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-            for name, _, attn in layers
-        ]
-        try:
-            outs = self.forward_stages(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        outs, captured = self.forward_capturing(x, {name: attn.scores for name, _, attn in layers})
         maps = OrderedDict()
         for name, stage, attn in layers:
             if name not in captured:
