@@ -1,8 +1,16 @@
 """mmcluster's backbones in mmdet's MODELS registry (imported by that registry; see mmcluster.registry)."""
 
+from mmdet.models.backbones import SwinTransformer
 from mmdet.registry import MODELS
 
 from .backbones import MM_BACKBONES
+from .backbones.sec_swin import SECSwinMixin
 
 for _backbone in MM_BACKBONES:
     MODELS.register_module(module=_backbone)
+
+
+@MODELS.register_module()
+class SECSwinTransformer(SECSwinMixin, SwinTransformer):
+    """SEC-Swin on mmdet's ``SwinTransformer``: every window attention replaced by SECA (see
+    :mod:`mmcluster.models.backbones.sec_swin` for the arguments and the choices made)."""

@@ -1,10 +1,18 @@
 """mmcluster's backbones and decode heads in mmseg's MODELS registry (imported by that registry; see
 mmcluster.registry). The decode heads register themselves when their module is imported."""
 
+from mmseg.models.backbones import SwinTransformer
 from mmseg.registry import MODELS
 
 from . import decode_heads  # noqa: F401  (registers PaCaHead)
 from .backbones import MM_BACKBONES
+from .backbones.sec_swin import SECSwinMixin
 
 for _backbone in MM_BACKBONES:
     MODELS.register_module(module=_backbone)
+
+
+@MODELS.register_module()
+class SECSwinTransformer(SECSwinMixin, SwinTransformer):
+    """SEC-Swin on mmseg's ``SwinTransformer``: every window attention replaced by SECA (see
+    :mod:`mmcluster.models.backbones.sec_swin` for the arguments and the choices made)."""

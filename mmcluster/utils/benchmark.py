@@ -27,8 +27,9 @@ import torch.nn as nn
 
 DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
-# mmdet's own backbones of similar size to PaCa-Tiny / Small / Base (ImageNet-1k variants), for comparison
-# in the same run.
+# Backbones built by name from mmdet's MODELS: mmdet's own, of similar size to PaCa-Tiny / Small / Base and
+# SecViT (ImageNet-1k variants), for comparison in the same run, and mmcluster's SEC-Swin (mmdet's Swin with
+# SECA in place of window attention, mmcluster/models/backbones/sec_swin.py).
 REFERENCE_PRESETS: dict[str, dict] = {
     'pvtv2-b1': dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[2, 2, 2, 2]),
     'pvtv2-b2': dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[3, 4, 6, 3]),
@@ -36,6 +37,8 @@ REFERENCE_PRESETS: dict[str, dict] = {
     'swin-t': dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
     'swin-s': dict(type='SwinTransformer', embed_dims=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24]),
     'resnet50': dict(type='ResNet', depth=50),
+    'sec-swin-t': dict(type='SECSwinTransformer', arch='tiny'),
+    'sec-swin-s': dict(type='SECSwinTransformer', arch='small'),
 }
 
 # Presets that set more than an arch: (preset it modifies, extra backbone arguments). Kept for the names

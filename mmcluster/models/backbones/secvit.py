@@ -41,7 +41,6 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
@@ -49,7 +48,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from ..conversion import FamilyConverter, RuleTable, register_converter
-from ..layers import RoPE2d, SemanticScores, apply_rope, cluster_ids, equitable_cluster_attention, resolve_num_clusters
+from ..layers import RoPE2d, SECAttention, cluster_ids
 from .base import (
     BackboneContract,
     HierarchicalViT,
@@ -98,7 +97,6 @@ DEFAULT_CLUSTERS = (32, 8, 2, 0)  # clusters per stage (Appendix A); <= 1 = full
 MLP_RATIO = 3.0
 LAYER_SCALE_INIT = 1e-6
 HEAD_HIDDEN_SIZE = 1024
-LCE_KERNEL_SIZE = 5
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,81 +146,6 @@ class ConvBNDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.reduction(x))
-
-
-class SECAttention(nn.Module):
-    """Semantic-Equitable-Clustering attention, SECA (Sec. 3.2, Eqns. 2-6; official `KClusterAttn`).
-
-    On the normalised map x (B, C, H, W) with h heads of d = C / h channels:
-
-    1. q, k, v from one 1x1 conv (``qkv``; output channels [q | k | v], head-major inside each);
-    2. LCE (Eqn. 6): a 5x5 depth-wise conv (``lepe``) on the v map;
-    3. 2-D RoPE on q and k (the stage's tables), then k scaled by d ** -0.5 (the softmax scale, folded in
-       before clustering);
-    4. with c > 1 clusters: the cosine similarity of each key to the mean key (``scores``, fp32), argsort,
-       attention inside equal contiguous chunks of the sorted order (padded and masked where c does not
-       divide N); with c <= 1, attention over all tokens;
-    5. the output plus LCE(v), through the 1x1 conv ``out_proj``.
-
-    Args:
-        dim: channels C.
-        num_heads: heads h (must divide C; C / h divisible by 4 for RoPE).
-        num_clusters: clusters c (<= 1: full attention); used when ``tokens_per_cluster`` is 0.
-        tokens_per_cluster: > 0 makes c = ceil(N / tokens_per_cluster) for each input.
-
-    ``always_pad`` (attribute, default False) takes the masked padding path also when c divides N.
-    """
-
-    def __init__(self, dim: int, num_heads: int, num_clusters: int = 0, tokens_per_cluster: int = 0) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'num_heads ({num_heads}) must divide the channels ({dim})')
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.num_clusters = num_clusters
-        self.tokens_per_cluster = tokens_per_cluster
-        self.qkv = nn.Conv2d(dim, 3 * dim, 1)
-        self.lepe = nn.Conv2d(dim, dim, LCE_KERNEL_SIZE, padding=LCE_KERNEL_SIZE // 2, groups=dim)
-        self.out_proj = nn.Conv2d(dim, dim, 1)
-        clusters = tokens_per_cluster > 0 or num_clusters > 1
-        self.scores = SemanticScores() if clusters else None
-        self.always_pad = False
-
-    def num_clusters_for(self, num_tokens: int) -> int:
-        """The cluster count used for ``num_tokens`` tokens (<= 1: full attention)."""
-        if self.scores is None:
-            return 1
-        return resolve_num_clusters(num_tokens, self.num_clusters, self.tokens_per_cluster)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        q, k, v = self.qkv(x).chunk(3, dim=1)
-        lce = self.lepe(v)
-        q, k, v = (rearrange(t, 'b (h d) y x -> b h (y x) d', h=self.num_heads) for t in (q, k, v))
-        sin, cos = rope
-        q = apply_rope(q, sin, cos)
-        k = apply_rope(k, sin * self.scale, cos * self.scale)  # RoPE, then the softmax scale d ** -0.5
-        clusters = self.num_clusters_for(height * width)
-        if clusters > 1:
-            order = torch.argsort(self.scores(k), dim=-1)
-            out = equitable_cluster_attention(
-                q.to(v.dtype), k.to(v.dtype), v, order, clusters, scale=1.0, force_padding=self.always_pad
-            )
-        else:
-            out = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, scale=1.0)
-        # to (B, C, H, W) with token-major (channels-last) memory: the layout of the convs' outputs here (lce), and
-        # of the clustered attention's output
-        out = rearrange(out, 'b h (y x) d -> b y x (h d)', y=height, x=width).permute(0, 3, 1, 2)
-        return self.out_proj(out + lce)
-
-    def extra_repr(self) -> str:
-        mode = (
-            f'tokens_per_cluster={self.tokens_per_cluster}'
-            if self.tokens_per_cluster > 0
-            else f'num_clusters={self.num_clusters}'
-        )
-        return f'num_heads={self.num_heads}, {mode}'
 
 
 class SecViTFFN(nn.Module):
@@ -378,12 +301,26 @@ def _arch_settings(arch: Union[str, dict]) -> dict:
     return arch
 
 
-def _per_stage_sizes(tokens_per_cluster: Union[int, Sequence[int], None], num_stages: int) -> tuple[int, ...]:
+def cluster_settings(
+    num_clusters: Optional[Sequence[int]], tokens_per_cluster: Union[int, Sequence[int], None], num_stages: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-stage (cluster counts, tokens per cluster) from a backbone's two exclusive arguments: fixed counts
+    (default :data:`DEFAULT_CLUSTERS`; <= 1 is full attention) or ``tokens_per_cluster`` (one int for every
+    stage, or one per stage; 0 keeps a stage at full attention), which makes every count 0."""
+    if num_clusters is not None and tokens_per_cluster is not None:
+        raise ValueError('give num_clusters or tokens_per_cluster, not both')
     if tokens_per_cluster is None:
-        return (0,) * num_stages
-    if isinstance(tokens_per_cluster, numbers.Integral) and not isinstance(tokens_per_cluster, bool):
-        return (check_int('tokens_per_cluster', tokens_per_cluster, 1),) * num_stages
-    return check_per_stage('tokens_per_cluster', tokens_per_cluster, num_stages, 0)
+        sizes = (0,) * num_stages
+    elif isinstance(tokens_per_cluster, numbers.Integral) and not isinstance(tokens_per_cluster, bool):
+        sizes = (check_int('tokens_per_cluster', tokens_per_cluster, 1),) * num_stages
+    else:
+        sizes = check_per_stage('tokens_per_cluster', tokens_per_cluster, num_stages, 0)
+    clusters = check_per_stage(
+        'num_clusters', DEFAULT_CLUSTERS if num_clusters is None else num_clusters, num_stages, 0
+    )
+    if tokens_per_cluster is not None:
+        clusters = (0,) * num_stages
+    return clusters, sizes
 
 
 class SecViTClassifier(HierarchicalViT):
@@ -442,14 +379,7 @@ class SecViTClassifier(HierarchicalViT):
                     f'num_heads {num_heads} must divide embed_dims {embed_dims} stage by stage into '
                     f'head dimensions divisible by 4 (2-D RoPE)'
                 )
-        if num_clusters is not None and tokens_per_cluster is not None:
-            raise ValueError('give num_clusters or tokens_per_cluster, not both')
-        sizes = _per_stage_sizes(tokens_per_cluster, num_stages)
-        clusters = check_per_stage(
-            'num_clusters', DEFAULT_CLUSTERS if num_clusters is None else num_clusters, num_stages, 0
-        )
-        if tokens_per_cluster is not None:
-            clusters = (0,) * num_stages
+        clusters, sizes = cluster_settings(num_clusters, tokens_per_cluster, num_stages)
         if drop_path_rate is None:
             drop_path_rate = settings.get('drop_path_rate', 0.0)
         drop_path_rate = check_rate('drop_path_rate', drop_path_rate)

@@ -13,13 +13,16 @@ from .equitable_clustering import (
 )
 from .ffn import DWConvFFN
 from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
+from .seca import LCE_KERNEL_SIZE, SECAttention
 
 __all__ = [
     'BlurConv2d',
     'ConvDownsample',
     'DWConvFFN',
     'EquitableLayout',
+    'LCE_KERNEL_SIZE',
     'RoPE2d',
+    'SECAttention',
     'SemanticScores',
     'SoftAssignment',
     'apply_rope',
