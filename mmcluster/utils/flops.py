@@ -119,7 +119,7 @@ def config_complexity(cfg, height: int, width: int) -> dict:
 
 def module_complexity(model: torch.nn.Module, height: int, width: int) -> dict:
     """Parameters and MACs of ``model(images)`` (a backbone or classifier) on one (height, width) image."""
-    model = model.eval()
+    model.eval()  # not chained: OpenMMLab's Swin returns None from train()
     return _measure(model, model, _dummy_input(height, width))
 
 

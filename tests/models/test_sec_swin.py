@@ -184,3 +184,20 @@ def test_in_mmdets_swin_config(tmp_path):
     with torch.no_grad():
         feats = model.extract_feat(torch.randn(1, 3, 96, 136))
     assert [f.shape[1] for f in feats] == [256] * 5
+
+
+def test_macs_differ_from_swin_only_by_seca():
+    """Counted by get_flops' counter at 224²: SEC-Swin-T costs Swin-T's MACs plus, per block, the attention
+    products over clusters of 98 tokens instead of windows of 49 (stage 4: 49 tokens either way), the 5x5
+    LCE, and the similarity to the mean key (stages 1-3); nothing else changed. Measured: 4.660 G against
+    Swin-T's 4.490 G (the paper's Table 2: 4.9 and 4.5)."""
+    from mmcluster.utils.flops import module_complexity
+
+    sec = module_complexity(build(arch='tiny'), 224, 224)['macs']
+    swin = module_complexity(MMDET_MODELS.build(dict(type='SwinTransformer')), 224, 224)['macs']
+    extra = 0
+    for tokens, dim, depth, cluster in zip((3136, 784, 196, 49), (96, 192, 384, 768), (2, 2, 6, 2), (98, 98, 98, 49)):
+        scores = tokens * dim if cluster < tokens else 0
+        extra += depth * (2 * tokens * (cluster - 49) * dim + tokens * dim * 25 + scores)
+    assert sec - swin == extra
+    assert (round(sec / 1e9, 2), round(swin / 1e9, 2)) == (4.66, 4.49)
