@@ -102,7 +102,9 @@ def config_complexity(cfg, height: int, width: int) -> dict:
 
     Counts what mmdet's and mmseg's ``get_flops`` run: the model's ``tensor`` mode. For a two-stage
     detector that is backbone, neck, RPN, the box head on the test-time proposals and the mask head on
-    the first 100; for a segmentor, backbone and decode head (no auxiliary head). Returns ``params``,
+    the first 100 (:data:`MASK_ROIS`; a cascade's mask head of every stage too: mmdet's ``CascadeRoIHead``
+    would run them on all 1000 proposals in ``tensor`` mode, where at test time they see at most 100
+    detections); for a segmentor, backbone and decode head (no auxiliary head). Returns ``params``,
     ``macs``, ``macs_torchprofile`` (transposed convs counted as torchprofile does) and
     ``macs_by_module``.
     """
@@ -114,7 +116,33 @@ def config_complexity(cfg, height: int, width: int) -> dict:
     if 'backbone' in model_cfg:
         model_cfg.backbone = dict(model_cfg.backbone, init_cfg=None)
     model = MODELS.build(model_cfg).eval()
+    _limit_cascade_mask_rois(model)
     return _measure(model, tensor_forward(model, cfg.get('default_scope')), _dummy_input(height, width))
+
+
+# the RoIs a mask head sees when counting: mmdet's StandardRoIHead takes the first 100 proposals in its tensor
+# mode, and its test config keeps at most 100 detections, which are what the mask head runs on
+MASK_ROIS = 100
+
+
+def _limit_cascade_mask_rois(model: torch.nn.Module) -> None:
+    """Make a cascade RoI head's mask heads (one per stage) run on the first :data:`MASK_ROIS` RoIs in
+    ``tensor`` mode, as a standard RoI head's does (this instance only; the model is built for counting)."""
+    try:
+        from mmdet.models.roi_heads import CascadeRoIHead
+    except ImportError:
+        return
+    head = getattr(model, 'roi_head', None)
+    if isinstance(head, CascadeRoIHead) and head.with_mask:
+        mask_forward = head._mask_forward
+
+        def limited(stage: int, x: tuple, rois: torch.Tensor) -> dict:
+            results = mask_forward(stage, x, rois[:MASK_ROIS])
+            preds = results['mask_preds']  # zero rows for the other RoIs (no MACs), as the caller splits by RoI
+            results['mask_preds'] = torch.cat([preds, preds.new_zeros((len(rois) - len(preds), *preds.shape[1:]))])
+            return results
+
+        head._mask_forward = limited
 
 
 def module_complexity(model: torch.nn.Module, height: int, width: int) -> dict:

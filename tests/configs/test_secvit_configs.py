@@ -1,12 +1,13 @@
 """Every SecViT config parses, builds and runs its model on a small image; one config per family has the
-paper's parameter count (Tables 4 and 5); the metafile's measured counts are the configs' ones."""
+paper's parameter count (Tables 4 and 5); the metafile's measured counts are the configs' ones, and its GMACs
+those of get_flops."""
 
 import pytest
 import yaml
 
 from mmcluster.apis import load_config
 from tests.configs.test_configs import build
-from tests.tools_helpers import ROOT
+from tests.tools_helpers import ROOT, load_tool
 
 SECVIT = ROOT / 'configs' / 'secvit'
 CONFIGS = sorted(SECVIT.glob('*.py'))
@@ -40,7 +41,11 @@ def test_the_families_are_there():
         assert f'mask-rcnn_secvit-{arch}_fpn_ms-crop-3x_coco' in stems
         assert f'cascade-mask-rcnn_secvit-{arch}_fpn_4conv1fc-giou_ms-crop-3x_coco' in stems
     assert set(PAPER_PARAMS) <= stems
-    assert stems == set(METAFILE)
+    assert stems == {name for name, m in METAFILE.items() if m['Config'].endswith('.py')}
+    # the ImageNet rows: the four timm classifiers with the recipe for timm's train.py
+    imagenet = {name: m for name, m in METAFILE.items() if not m['Config'].endswith('.py')}
+    assert set(imagenet) == {f'secvit_{arch}' for arch in CHANNELS}
+    assert {m['Config'] for m in imagenet.values()} == {'configs/secvit/imagenet/secvit_16xb128-300e_in1k.yaml'}
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -76,3 +81,12 @@ def test_secvit_config_recipe_and_size(path):
     else:
         assert params == pytest.approx(paper, abs=0.5)  # the paper rounds to integers
     # tests/configs/test_configs.py::test_config_builds runs every config's model on an image
+
+
+def test_metafile_gmacs_are_get_flops_ones():
+    """Every model records the GMACs that tools/analysis_tools/get_flops.py measured at the paper's resolution
+    (see the metafile's header); re-measured here on the cheapest, SecViT-T Semantic FPN at 512x512."""
+    assert [name for name, m in METAFILE.items() if 'GMACs' not in m['Metadata']] == []
+    name = 'fpn_secvit-tiny_8xb2-80k_ade20k-512x512'
+    result = load_tool('tools/analysis_tools/get_flops.py').main([str(SECVIT / f'{name}.py'), '--shape', '512', '512'])
+    assert result['macs'] / 1e9 == pytest.approx(METAFILE[name]['Metadata']['GMACs'], rel=0.005)
