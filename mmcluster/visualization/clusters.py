@@ -101,7 +101,7 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, out_file: str | Path, title: Optional[str] = None, dpi: int = 100) -> Path:
+def save_figure(fig, out_file: str | Path, title: Optional[str] = None, dpi: int = 100) -> Path:
     """Title, lay out, write (creating the folder) and close a figure."""
     if title:
         fig.suptitle(title, fontsize=9)
@@ -148,7 +148,7 @@ def save_heatmap_grid(
                 axis.set_title(label, fontsize=7)
         for axis in axes[row]:
             axis.axis('off')
-    return _save_figure(fig, out_file, title, dpi=100)
+    return save_figure(fig, out_file, title, dpi=100)
 
 
 @torch.no_grad()
@@ -222,7 +222,7 @@ def save_group_figure(
             bottom[col].set_title(f'p={float(result["prob"][m]):.2f} ({pred_name[:14]})', fontsize=7)
         for axis in list(top) + list(bottom):
             axis.axis('off')
-    return _save_figure(fig, out_file, dpi=100)
+    return save_figure(fig, out_file, dpi=100)
 
 
 def save_all_clusters(
@@ -238,4 +238,4 @@ def save_all_clusters(
         if index < maps.shape[0]:
             axis.imshow(overlay(image, maps[index].cpu().numpy()))
             axis.set_title(str(index), fontsize=6)
-    return _save_figure(fig, out_file, title, dpi=90)
+    return save_figure(fig, out_file, title, dpi=90)

@@ -20,6 +20,14 @@ H^m = sigmoid(map) over the input; a decode head with class-aligned clusters (on
   the whole image.
 * with --all-clusters, DIR/<image>_<layer>_all.png (Figs. 9, 10): all M heatmaps of each layer.
 
+Families whose clusters are hard assignments (every token in exactly one cluster: the maps are one-hot over
+M, e.g. SecViT's equitable clusters) also get DIR/<image>_cluster_ids.png, the SecViT paper's Fig. 4: the
+image, then one panel per clustering layer with every token coloured by its cluster id (the same colour is
+the same cluster). For example, SecViT with random weights on the bundled shapes data:
+
+    python tools/analysis_tools/visualize_clusters.py timm:secvit_tiny data/shapes/coco/val/val_00000.jpg \
+        --out-dir work_dirs/clusters
+
 A classifier's --checkpoint may be in mmcluster's layout or in the family's official one: it is converted
 by the family's converter (mmcluster.models.conversion), the family being the model's, or else the one
 whose official layout the checkpoint uses.
@@ -30,8 +38,11 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from mmengine.config import DictAction
 
@@ -41,6 +52,7 @@ from mmcluster.visualization import (
     image_cluster_maps,
     masked_reclassification,
     save_all_clusters,
+    save_figure,
     save_group_figure,
     save_heatmap_grid,
 )
@@ -60,6 +72,82 @@ def detector_or_segmentor_layers(model, inputs: torch.Tensor) -> tuple[OrderedDi
         if classes:
             names['decode_head.to_clusters'] = list(classes)
     return layers, names
+
+
+ID_PANEL_INCHES = 2.2  # the cluster-id figure: one square panel per column, at ID_DPI
+ID_DPI = 100
+
+
+def hard_cluster_ids(maps: torch.Tensor) -> Optional[torch.Tensor]:
+    """The cluster id (h, w) of every token when ``maps`` (M, h, w) is a hard assignment: one-hot over the M
+    clusters at every position (SecViT's ``cluster_maps``). None for anything else, e.g. PaCa's assignment
+    logits."""
+    maps = maps.float()
+    if not bool(((maps == 0) | (maps == 1)).all()) or not bool((maps.sum(dim=0) == 1).all()):
+        return None
+    return maps.argmax(dim=0)
+
+
+def cluster_palette(num_clusters: int) -> np.ndarray:
+    """(num_clusters, 3) RGB colours in [0, 1]. Hues step by the golden ratio and brightness alternates, so
+    clusters with neighbouring ids (neighbouring in SEC's sort order, hence similar scores) differ clearly."""
+    from matplotlib.colors import hsv_to_rgb
+
+    index = np.arange(num_clusters)
+    hue = (index * 0.6180339887498949) % 1.0
+    saturation = np.where(index % 2 == 0, 0.9, 0.55)
+    value = np.where(index % 3 == 2, 0.7, 0.95)
+    return hsv_to_rgb(np.stack([hue, saturation, value], axis=1))
+
+
+def colour_by_cluster(image: np.ndarray, ids: torch.Tensor, num_clusters: int, alpha: float = 0.65) -> np.ndarray:
+    """The RGB uint8 ``image`` with every token's area (the id map (h, w), upsampled nearest to the image)
+    painted in its cluster's colour, blended with weight ``alpha``."""
+    from PIL import Image
+
+    colours = (cluster_palette(num_clusters)[ids.cpu().numpy()] * 255).astype(np.uint8)  # (h, w, 3)
+    colours = np.asarray(Image.fromarray(colours).resize(image.shape[1::-1], Image.NEAREST), dtype=np.float64)
+    return (alpha * colours + (1 - alpha) * image).round().clip(0, 255).astype(np.uint8)
+
+
+def save_cluster_id_figure(
+    image: np.ndarray, layers: Mapping[str, torch.Tensor], out_file, title: Optional[str] = None
+) -> Optional[Path]:
+    """The SecViT paper's Fig. 4 for one image: the image, then one panel per clustering layer whose map
+    (M, h, w) is a hard assignment, every token coloured by its cluster id. Layers with soft maps are left
+    out; returns None (and writes nothing) when there is no hard one. Prints each drawn layer's cluster
+    count and sizes."""
+    ids = OrderedDict()
+    for name, maps in layers.items():
+        layer_ids = hard_cluster_ids(maps)
+        if layer_ids is not None:
+            ids[name] = (layer_ids, maps.shape[0])
+    if not ids:
+        return None
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    cols = 1 + len(ids)
+    fig, axes = plt.subplots(1, cols, figsize=(ID_PANEL_INCHES * cols, ID_PANEL_INCHES + 0.4), squeeze=False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title('input', fontsize=8)
+    lines = []
+    for axis, (name, (layer_ids, num_clusters)) in zip(axes[0, 1:], ids.items()):
+        axis.imshow(colour_by_cluster(image, layer_ids, num_clusters))
+        axis.set_title(f'{name.replace("stages.", "stage ").replace(".attn", "")}: {num_clusters} clusters', fontsize=8)
+        sizes = torch.bincount(layer_ids.flatten(), minlength=num_clusters)
+        lines.append(
+            f'  {name}: {num_clusters} clusters of {int(sizes.min())}-{int(sizes.max())} tokens '
+            f'({layer_ids.shape[0]}x{layer_ids.shape[1]} map)'
+        )
+    for axis in axes[0]:
+        axis.axis('off')
+    out_file = save_figure(fig, out_file, title, dpi=ID_DPI)
+    print(f'wrote {out_file} (tokens coloured by cluster id)')
+    print('\n'.join(lines))
+    return out_file
 
 
 def classifier_family(model: torch.nn.Module, state_dict: Optional[dict] = None) -> Optional[str]:
@@ -160,6 +248,7 @@ def classifier_figures(
     stem = osp.join(out_dir, osp.splitext(osp.basename(image_path))[0])
     label_name = names[label] if names else f'class {label}'
     save_heatmap_grid(rgb, logits, f'{stem}_clusters.png', num_clusters, title=label_name)
+    save_cluster_id_figure(rgb, logits, f'{stem}_cluster_ids.png', title=label_name)
     results = OrderedDict(
         (k, (v, masked_reclassification(model, image, v, label, normalize))) for k, v in logits.items()
     )
@@ -241,6 +330,7 @@ def main(argv=None) -> None:
             rgb, layers, f'{stem}_clusters.png', args.num_clusters, title=osp.basename(image_path), cluster_names=names
         )
         print(f'wrote {out}')
+        save_cluster_id_figure(rgb, layers, f'{stem}_cluster_ids.png', title=osp.basename(image_path))
         if args.all_clusters:
             for name, layer_logits in layers.items():
                 save_all_clusters(rgb, layer_logits, f'{stem}_{name.replace(".", "-")}_all.png', title=name)
