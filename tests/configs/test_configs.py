@@ -1,5 +1,6 @@
 """Every config parses, builds, runs its model, has the paper's size; each family trains on the bundled data."""
 
+import copy
 import math
 import re
 
@@ -11,6 +12,7 @@ from mmcluster.apis import load_config
 from tests.tools_helpers import ROOT, load_tool, run
 
 CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
+CONFIG_PATHS = {p.stem: p for p in CONFIGS}
 DET = 'mask-rcnn_paca-{}_fpn_1x_coco'
 HEAD = 'paca-head_paca-{}_8xb2-160k_ade20k-512x512'
 UPER = 'upernet_paca-{}_8xb2-160k_ade20k-512x512'
@@ -181,6 +183,25 @@ def test_lr_multiplier_reaches_every_clustering_type():
         assert not any(n.startswith('backbone.') and '.to_clusters.' not in n for n in boosted)
 
 
+DETECTORS = ('mask-rcnn', 'cascade-mask-rcnn', 'retinanet')
+
+
+def _num_classes_options(config: str, num_classes: int) -> list:
+    """--cfg-options setting every classification head of a detector config to ``num_classes``. Cascade
+    R-CNN's roi_head.bbox_head is a list of three heads, one per stage: mmengine's merge addresses list
+    items by index (``bbox_head.0.num_classes``), so each keeps its own settings."""
+    if config.startswith('retinanet'):
+        return [f'model.bbox_head.num_classes={num_classes}']
+    bbox = (
+        [f'model.roi_head.bbox_head.{i}.' for i in range(3)]
+        if config.startswith('cascade')
+        else ['model.roi_head.bbox_head.']
+    )
+    return [f'{head}num_classes={num_classes}' for head in bbox] + [
+        f'model.roi_head.mask_head.num_classes={num_classes}'
+    ]
+
+
 def _bundled_data_options(shapes_root, config: str) -> list:
     """--cfg-options that point a real COCO / ADE20K config at the bundled shapes data (2 training and 2
     validation images, 2 iterations, no pretrained download; detectors: 3 classes and 1 image per batch),
@@ -192,7 +213,7 @@ def _bundled_data_options(shapes_root, config: str) -> list:
             f'{split}_dataloader.persistent_workers=False',
             f'{split}_dataloader.dataset.indices=2',
         ]
-    if config.startswith('mask-rcnn'):
+    if config.startswith(DETECTORS):
         root = f'{shapes_root}/coco/'
         for split in ('train', 'val'):
             options += [
@@ -204,8 +225,7 @@ def _bundled_data_options(shapes_root, config: str) -> list:
         return options + [
             f'val_evaluator.ann_file={root}annotations/instances_val.json',
             'train_cfg.max_epochs=1',
-            'model.roi_head.bbox_head.num_classes=3',
-            'model.roi_head.mask_head.num_classes=3',
+            *_num_classes_options(config, 3),
             'train_dataloader.batch_size=1',
             'train_cfg.val_interval=1',
             'default_hooks.checkpoint.interval=1',
@@ -220,6 +240,44 @@ def _bundled_data_options(shapes_root, config: str) -> list:
 
 
 @pytest.mark.parametrize(
+    'config,heads',
+    [
+        ('mask-rcnn_secvit-tiny_fpn_1x_coco', ['roi_head.bbox_head', 'roi_head.mask_head']),
+        ('retinanet_secvit-tiny_fpn_1x_coco', ['bbox_head']),
+        (
+            'cascade-mask-rcnn_secvit-small_fpn_4conv1fc-giou_ms-crop-3x_coco',
+            ['roi_head.bbox_head.0', 'roi_head.bbox_head.1', 'roi_head.bbox_head.2', 'roi_head.mask_head'],
+        ),
+    ],
+)
+def test_bundled_data_options_reach_every_detector_head(config, heads, shapes_root):
+    """Parsed as tools/train.py parses --cfg-options: every classification head gets the shapes data's 3
+    classes (with 80 left somewhere, training on 3-class data would still run), and Cascade's three stage heads
+    keep their own box coder settings."""
+    import argparse
+
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    cfg = Config.fromfile(str(CONFIG_PATHS[config]))
+    before = copy.deepcopy(cfg.model)
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *_bundled_data_options(shapes_root, config)]).cfg_options)
+
+    def at(model, path):
+        for key in path.split('.'):
+            model = model[int(key)] if key.isdigit() else model[key]
+        return model
+
+    for head in heads:
+        assert at(before, head).num_classes == 80 and at(cfg.model, head).num_classes == 3, head
+        assert {k: v for k, v in at(cfg.model, head).items() if k != 'num_classes'} == {
+            k: v for k, v in at(before, head).items() if k != 'num_classes'
+        }, head
+    assert cfg.train_dataloader.dataset.metainfo.classes == ['circle', 'square', 'triangle']
+
+
+@pytest.mark.parametrize(
     'config',
     [
         'mask-rcnn_paca-tiny_fpn_1x_coco',
@@ -227,6 +285,12 @@ def _bundled_data_options(shapes_root, config: str) -> list:
         'upernet_paca-tiny_8xb2-160k_ade20k-512x512',
         'paca-head_paca-small-mlp_8xb2-160k_ade20k-512x512',
         'fpn_paca-tiny_8xb2-80k_ade20k-512x512',
+        'mask-rcnn_secvit-tiny_fpn_1x_coco',
+        'mask-rcnn_secvit-small_fpn_ms-crop-3x_coco',
+        'cascade-mask-rcnn_secvit-small_fpn_4conv1fc-giou_ms-crop-3x_coco',
+        'retinanet_secvit-tiny_fpn_1x_coco',
+        'upernet_secvit-small_8xb2-160k_ade20k-512x512',
+        'fpn_secvit-tiny_8xb2-80k_ade20k-512x512',
     ],
 )
 def test_config_family_trains_on_bundled_data(config, shapes_root, tmp_path):
@@ -236,7 +300,7 @@ def test_config_family_trains_on_bundled_data(config, shapes_root, tmp_path):
     out = run(
         [
             'tools/train.py',
-            f'configs/paca_vit/{config}.py',
+            CONFIG_PATHS[config].relative_to(ROOT),
             '--work-dir',
             tmp_path,
             '--cfg-options',
@@ -249,4 +313,4 @@ def test_config_family_trains_on_bundled_data(config, shapes_root, tmp_path):
     assert list(tmp_path.glob('*.pth')), out[-3000:]
     # validation ran through the config's evaluator (two iterations leave a detector with no detections
     # to score, so CocoMetric reports none; mIoU is always printed)
-    assert re.search(r'Evaluating bbox' if config.startswith('mask-rcnn') else r'mIoU: [0-9.]+', out), out[-3000:]
+    assert re.search(r'Evaluating bbox' if config.startswith(DETECTORS) else r'mIoU: [0-9.]+', out), out[-3000:]
