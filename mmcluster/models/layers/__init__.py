@@ -14,6 +14,14 @@ from .equitable_clustering import (
 from .ffn import DWConvFFN
 from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
 from .seca import LCE_KERNEL_SIZE, SECAttention
+from .token_clustering import (
+    TokenClustering,
+    TokenClusters,
+    TokenReconstruction,
+    cluster_tokens,
+    neighbourhood_mask,
+    reconstruction_weights,
+)
 
 __all__ = [
     'BlurConv2d',
@@ -25,11 +33,17 @@ __all__ = [
     'SECAttention',
     'SemanticScores',
     'SoftAssignment',
+    'TokenClustering',
+    'TokenClusters',
+    'TokenReconstruction',
     'apply_rope',
     'cluster_ids',
+    'cluster_tokens',
     'equitable_cluster_attention',
     'equitable_layout',
+    'neighbourhood_mask',
     'pool_clusters',
+    'reconstruction_weights',
     'resolve_num_clusters',
     'rope_angles',
     'rotate_pairs',
