@@ -6,10 +6,11 @@ from mmseg.registry import MODELS
 
 from . import decode_heads  # noqa: F401  (registers PaCaHead)
 from .backbones import MM_BACKBONES
+from .backbones.expedite import HourglassEncoderDecoder, HourglassVisionTransformer
 from .backbones.sec_swin import SECSwinMixin
 
-for _backbone in MM_BACKBONES:
-    MODELS.register_module(module=_backbone)
+for _module in (*MM_BACKBONES, HourglassVisionTransformer, HourglassEncoderDecoder):
+    MODELS.register_module(module=_module)
 
 
 @MODELS.register_module()

@@ -14,6 +14,9 @@ def test_import_registers_in_mmdet_mmseg_and_timm():
         'from mmdet.models.backbones import SwinTransformer as DetSwin\n'
         'from mmseg.models.backbones import SwinTransformer as SegSwin\n'
         'assert issubclass(D.get("SECSwinTransformer"), DetSwin) and issubclass(S.get("SECSwinTransformer"), SegSwin)\n'
+        'from mmcluster.models.backbones import expedite\n'
+        'assert S.get("HourglassVisionTransformer") is expedite.HourglassVisionTransformer\n'
+        'assert S.get("HourglassEncoderDecoder") is expedite.HourglassEncoderDecoder\n'
         'assert set(timm.list_models("paca_*")) == {"paca_tiny", "paca_small", "paca_base", "paca_small_mlp",'
         ' "paca_tiny_teacher", "paca_small_teacher", "paca_base_teacher"}\n'
     )
