@@ -253,3 +253,13 @@ def test_readme_three_statement_config(tmp_path):
     assert MODELS.get(cfg.model.backbone.type) is HourglassVisionTransformer
     assert (cfg.model.backbone.embed_dims, cfg.model.backbone.num_layers) == (768, 12)
     assert (cfg.model.backbone.cluster_after, tuple(cfg.model.backbone.cluster_grid)) == (9, (28, 28))
+
+
+@pytest.mark.parametrize('size', [8, 12, 16, 20, 24])
+def test_table_3_configs_change_only_the_cluster_grid(size):
+    """The paper's Table 3 rows: the 28x28 config with another cluster grid, nothing else."""
+    path = CONFIG.replace('28x28', f'{size}x{size}')
+    cfg, default = Config.fromfile(path), config()
+    assert tuple(cfg.model.backbone.cluster_grid) == (size, size)
+    cfg.model.backbone.cluster_grid = default.model.backbone.cluster_grid
+    assert cfg.model.to_dict() == default.model.to_dict()

@@ -240,3 +240,15 @@ def test_argument_errors():
     with pytest.raises(ValueError, match='refined'):
         TokenReconstruction()(torch.randn(1, 63, 4), clusters)
     assert isinstance(clusters, TokenClusters) and not clusters.identity
+
+
+def test_dense_clustering_macs_are_two_products_per_iteration():
+    """What get_flops counts for the dense clustering (configs/expedite/README.md subtracts it to compare
+    with the paper's counter): kappa iterations of the N x M distance product and the M-step product, each
+    N * M * C multiply-accumulates, and nothing else."""
+    from mmcluster.utils.flops import count_macs
+
+    tokens = torch.randn(1, 12 * 15, 32)
+    for num_iters in (1, 5):
+        macs = count_macs(TokenClustering(num_iters=num_iters), tokens, (12, 15), (4, 5))
+        assert macs == num_iters * 2 * (12 * 15) * (4 * 5) * 32

@@ -196,13 +196,18 @@ def zoo_table(family: Family, collection: dict, start: str, recipe_shown: str = 
             return ' / '.join(f'{metrics[k]}{mark(m, k)}' if k in metrics else '—' for k in metric_names)
 
         columns.append(('paper ' + ' / '.join(METRIC_LABELS.get(k, k) for k in metric_names), metric_cell))
-    if any('Paper Parameters (M)' in md for md in meta):
+    if any('Paper Parameters (M)' in md or 'Paper FLOPs (G)' in md for md in meta):
 
         def paper_size_cell(m, md):
-            if 'Paper Parameters (M)' not in md:
+            if 'Paper Parameters (M)' not in md and 'Paper FLOPs (G)' not in md:
                 return '—'
-            params = f'{md["Paper Parameters (M)"]}{mark(m, "Paper Parameters (M)")}'
-            return f'{params} / {md["Paper FLOPs (G)"]}{mark(m, "Paper FLOPs (G)")}'
+            params = (
+                f'{md["Paper Parameters (M)"]}{mark(m, "Paper Parameters (M)")}'
+                if 'Paper Parameters (M)' in md
+                else '—'
+            )
+            flops = f'{md["Paper FLOPs (G)"]}{mark(m, "Paper FLOPs (G)")}' if 'Paper FLOPs (G)' in md else '—'
+            return f'{params} / {flops}'
 
         columns.append(('paper params (M) / FLOPs (G)', paper_size_cell))
     if any('Parameters' in md for md in meta):
