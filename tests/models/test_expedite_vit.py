@@ -151,7 +151,7 @@ def test_cluster_shapes(size, grid, cluster_grid):
     outs = back(image)
     assert [tuple(o.shape) for o, _ in outs] == [(2, 64, *grid)] * 4
     assert [tuple(c.shape) for _, c in outs] == [(2, 64)] * 4
-    assert back.clusters is None
+    assert back.clusters.grid == grid and back.clusters.cluster_grid == (h, w)
     head = HourglassVisionTransformer(**SMALL_VIT, **options, **{**HOURGLASS, 'cluster_grid': cluster_grid})
     head.reconstruct = 'decode_head'
     head.load_state_dict(back.state_dict())
@@ -263,3 +263,31 @@ def test_table_3_configs_change_only_the_cluster_grid(size):
     assert tuple(cfg.model.backbone.cluster_grid) == (size, size)
     cfg.model.backbone.cluster_grid = default.model.backbone.cluster_grid
     assert cfg.model.to_dict() == default.model.to_dict()
+
+
+@torch.no_grad()
+def test_hourglass_protocol():
+    """full_resolution() is exactly the upstream ViT; hourglass_blocks() are the blocks after cluster_after;
+    patch_tokens() reconstructs their outputs of the last forward (and drops the class token)."""
+    upstream, hourglass = vit_pair(dict(cluster_grid=(2, 3)), out_indices=(3,), final_norm=True)
+    image = torch.randn(2, 3, 64, 96)
+    assert [name for name, _ in hourglass.hourglass_blocks()] == ['layers.2', 'layers.3']
+    captured = {}
+    handles = [
+        block.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o))
+        for name, block in hourglass.hourglass_blocks()
+    ]
+    with hourglass.full_resolution():
+        full = hourglass(image)
+        assert hourglass.clusters is None
+        originals = {name: hourglass.patch_tokens(o) for name, o in captured.items()}
+    torch.testing.assert_close(full[0], upstream(image)[0], rtol=0, atol=0)
+    reduced = hourglass(image)
+    assert reduced[0].shape == full[0].shape and hourglass.clusters.cluster_grid == (2, 3)
+    for handle in handles:
+        handle.remove()
+    for name, output in captured.items():
+        assert output.shape == (2, 1 + 6, 64)  # class token + 2 x 3 centres
+        tokens = hourglass.patch_tokens(output)
+        assert tokens.shape == originals[name].shape == (2, 24, 64)
+        torch.testing.assert_close(tokens, hourglass.token_reconstruction(output[:, 1:], hourglass.clusters))

@@ -18,9 +18,11 @@ fine-tuning, and the Segmenter-style segmentor that reconstructs the decode head
 This module imports mmseg; ``mmcluster.models.register_mmseg`` registers its classes in mmseg's MODELS.
 """
 
-from typing import List, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
 from mmseg.models.backbones import VisionTransformer
 from mmseg.models.segmentors import EncoderDecoder
 
@@ -53,8 +55,8 @@ class HourglassVisionTransformer(VisionTransformer):
         neighbourhood_size: lambda, odd: each token competes for the lambda x lambda centres around its cell.
         temperature: tau of the clustering (multiplies the squared distance).
         reconstruct: ``'backbone'``: every output taken after the clustering is reconstructed to the token
-            grid here; ``'decode_head'``: such outputs stay at (h, w), :attr:`clusters` keeps the clusters of
-            the last forward and the segmentor (:class:`HourglassEncoderDecoder`) reconstructs the logits.
+            grid here; ``'decode_head'``: such outputs stay at (h, w) and the segmentor
+            (:class:`HourglassEncoderDecoder`) reconstructs the logits with :attr:`clusters`.
         num_neighbours: k, the nearest centres each token is rebuilt from.
         reconstruction_temperature: tau_r of the reconstruction.
         **kwargs: the arguments of mmseg's ``VisionTransformer``.
@@ -63,6 +65,12 @@ class HourglassVisionTransformer(VisionTransformer):
     Blocks with index > ``cluster_after`` give (B, C, h, w) maps with ``reconstruct='decode_head'`` and
     (B, C, H, W) ones with ``'backbone'``; ``output_cls_token`` adds the class token, which the later blocks
     refine with the centres, as upstream.
+
+    Hourglass protocol (shared with the Swin wrappers, used by ``tools/analysis_tools/feature_similarity.py``):
+    :attr:`clusters` (the :class:`TokenClusters` of the last forward, None without clustering),
+    :meth:`hourglass_blocks` (the blocks that run on the centres), :meth:`patch_tokens` (a block's output of
+    the last forward as (B, H*W, C) full-resolution patch tokens) and :meth:`full_resolution` (a context in
+    which the forward is exactly the upstream backbone's).
     """
 
     def __init__(
@@ -95,6 +103,33 @@ class HourglassVisionTransformer(VisionTransformer):
         self.token_clustering = TokenClustering(num_iters, neighbourhood_size, temperature)
         self.token_reconstruction = TokenReconstruction(num_neighbours, reconstruction_temperature)
         self.clusters: Optional[TokenClusters] = None
+        self._full_resolution = False
+
+    @contextmanager
+    def full_resolution(self) -> Iterator['HourglassVisionTransformer']:
+        """Within this context nothing is clustered: the forward is exactly the upstream ViT's (and
+        :attr:`clusters` stays None), e.g. to compare features with the original model's on the same
+        weights."""
+        previous, self._full_resolution = self._full_resolution, True
+        try:
+            yield self
+        finally:
+            self._full_resolution = previous
+
+    def hourglass_blocks(self) -> List[Tuple[str, nn.Module]]:
+        """(name, block) of every block that runs on the cluster centres (those after ``cluster_after``):
+        the blocks alpha + 1 .. L whose outputs Z_{alpha+beta} the paper's Table 1 compares."""
+        return [(f'layers.{i}', layer) for i, layer in enumerate(self.layers) if i > self.cluster_after]
+
+    def patch_tokens(self, block_output: torch.Tensor) -> torch.Tensor:
+        """The (B, tokens, C) output of one of :meth:`hourglass_blocks` in the last forward as (B, H*W, C)
+        patch tokens on the token grid: the class token dropped, and tokens on the cluster grid reconstructed
+        with the last forward's :attr:`clusters` (Eqn. 4)."""
+        tokens = block_output[:, 1:] if self.with_cls_token else block_output
+        clusters = self.clusters
+        if clusters is None or tokens.shape[1] != clusters.centres.shape[1]:
+            return tokens
+        return self.token_reconstruction(tokens, clusters)
 
     def cluster_grid_for(self, grid: Grid) -> Grid:
         """The cluster grid used for an input with this token grid: ``cluster_grid``, reduced on each axis to
@@ -108,9 +143,7 @@ class HourglassVisionTransformer(VisionTransformer):
         returned as it is."""
         clusters = self.clusters
         if clusters is None:
-            raise RuntimeError(
-                "no clusters kept: reconstruct_map needs a forward with reconstruct='decode_head' before it"
-            )
+            raise RuntimeError('no clusters kept: reconstruct_map needs a forward with clustering before it')
         size = tuple(feature_map.shape[-2:])
         if size == clusters.grid:
             return feature_map
@@ -158,12 +191,11 @@ class HourglassVisionTransformer(VisionTransformer):
                 x = self.norm1(x)
             if i in self.out_indices:
                 outs.append(self._output(x, grid if clusters is None else clusters.cluster_grid, clusters))
-            if i == self.cluster_after:
+            if i == self.cluster_after and not self._full_resolution:
                 patches = x[:, 1:] if self.with_cls_token else x
                 clusters = self.token_clustering(patches, grid, self.cluster_grid_for(grid))
                 x = torch.cat((x[:, :1], clusters.centres), dim=1) if self.with_cls_token else clusters.centres
-        if self.reconstruct == 'decode_head':
-            self.clusters = clusters
+        self.clusters = clusters
         return tuple(outs)
 
 
