@@ -16,8 +16,27 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.utils import import_modules_from_strings
 
 
+def package_config_path(config: str) -> str:
+    """The file of a config named as ``_base_`` names them, ``mmdet::path`` or ``mmseg::path`` (the configs
+    shipped inside those packages, e.g. the upstream config of an expedited one); other paths unchanged."""
+    if '::' not in config:
+        return config
+    import importlib
+    import os
+
+    scope, relative = config.split('::', 1)
+    if scope not in ('mmdet', 'mmseg'):
+        raise ValueError(f"{config}: only 'mmdet::' and 'mmseg::' configs can be named this way")
+    path = os.path.join(os.path.dirname(importlib.import_module(scope).__file__), '.mim', 'configs', relative)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{config}: no such config in the installed {scope} ({path})')
+    return path
+
+
 def load_config(config: str | Config, cfg_options: Optional[dict] = None) -> Config:
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    """A det / seg config (a file, ``mmdet::path`` / ``mmseg::path``, or a Config, copied) with the options
+    merged, its default scope set and its custom imports done."""
+    cfg = Config.fromfile(package_config_path(config)) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if cfg.get('default_scope') not in ('mmdet', 'mmseg'):

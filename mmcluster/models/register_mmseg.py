@@ -7,6 +7,7 @@ from mmseg.registry import MODELS
 from . import decode_heads  # noqa: F401  (registers PaCaHead)
 from .backbones import MM_BACKBONES
 from .backbones.expedite import HourglassEncoderDecoder, HourglassVisionTransformer
+from .backbones.expedite_swin import HourglassSwinMixin
 from .backbones.sec_swin import SECSwinMixin
 
 for _module in (*MM_BACKBONES, HourglassVisionTransformer, HourglassEncoderDecoder):
@@ -17,3 +18,10 @@ for _module in (*MM_BACKBONES, HourglassVisionTransformer, HourglassEncoderDecod
 class SECSwinTransformer(SECSwinMixin, SwinTransformer):
     """SEC-Swin on mmseg's ``SwinTransformer``: every window attention replaced by SECA (see
     :mod:`mmcluster.models.backbones.sec_swin` for the arguments and the choices made)."""
+
+
+@MODELS.register_module()
+class HourglassSwinTransformer(HourglassSwinMixin, SwinTransformer):
+    """Expedite on mmseg's ``SwinTransformer`` (e.g. UperNet Swin-L): window token clustering after block
+    ``cluster_after`` and reconstruction at the end of its stage; the state dict is upstream's (see
+    :mod:`mmcluster.models.backbones.expedite_swin`)."""

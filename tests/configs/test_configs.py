@@ -80,12 +80,16 @@ def test_config_builds(path):
     # the backbone's output channels fit the neck / heads: run them on a small odd-sized image
     with torch.no_grad():
         feats = model.extract_feat(torch.rand(1, 3, 72, 88))
-        if cfg.default_scope == 'mmseg':
+        if cfg.default_scope == 'mmseg' and cfg.model.decode_head.type == 'Mask2FormerHead':
+            assert [f.shape[1] for f in feats] == list(cfg.model.decode_head.in_channels)
+        elif cfg.default_scope == 'mmseg':
             assert model.decode_head(feats).shape[:2] == (1, cfg.model.decode_head.num_classes)
             if getattr(model, 'auxiliary_head', None) is not None:
                 assert model.auxiliary_head(feats).shape[:2] == (1, cfg.model.auxiliary_head.num_classes)
-        else:
+        elif 'neck' in cfg.model:
             assert [f.shape[1] for f in feats] == [cfg.model.neck.out_channels] * cfg.model.neck.num_outs
+        else:  # Mask2Former: the pixel decoder takes the backbone's maps
+            assert [f.shape[1] for f in feats] == list(cfg.model.panoptic_head.in_channels)
     if path.stem in OFFICIAL_CODE_PARAMS:
         assert params == pytest.approx(OFFICIAL_CODE_PARAMS[path.stem], abs=0.001)
         assert abs(params - PAPER[path.stem][0]) > 0.1  # the paper's value really is off

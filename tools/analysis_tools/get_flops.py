@@ -5,6 +5,9 @@
         configs/paca_vit/paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py --shape 512 512
     python tools/analysis_tools/get_flops.py paca_small --shape 224 224        # a timm model (also timm:paca_small)
     python tools/analysis_tools/get_flops.py paca-small --shape 512            # a backbone preset (benchmark.py --list)
+    # only the backbone of a config (the Expedite paper's Mask2Former Swin-L figures)
+    python tools/analysis_tools/get_flops.py --backbone-only --shape 1152 \
+        configs/expedite/mask2former_swin-l-p4-w12-hourglass-8x8_16xb1-lsj-100e_coco-panoptic.py
 
 MODEL is a config file, a backbone preset of any family (the presets come from the families' arch tables),
 or a timm model name.
@@ -47,8 +50,15 @@ def main(argv=None) -> dict:
         help='input height and width (one number: square). Default: 800 1280 for detectors, '
         '512 512 for segmentors and backbones, 224 224 for classifiers',
     )
+    parser.add_argument(
+        '--backbone-only',
+        action='store_true',
+        help="with config files: only the backbone (as the Expedite paper counts Mask2Former's Swin-L)",
+    )
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
+    if args.backbone_only and not args.model.endswith('.py'):
+        parser.error('--backbone-only applies to config files only')
     if args.shape is not None and len(args.shape) not in (1, 2):
         parser.error('--shape takes H W or one size')
 
@@ -56,7 +66,13 @@ def main(argv=None) -> dict:
         cfg = load_config(args.model, args.cfg_options)
         default = (800, 1280) if cfg.default_scope == 'mmdet' else (512, 512)
         height, width = (args.shape * 2)[:2] if args.shape else default
-        result = config_complexity(cfg, height, width)
+        if args.backbone_only:
+            from mmengine.registry import MODELS
+
+            cfg.model.backbone.init_cfg = None
+            result = module_complexity(MODELS.build(cfg.model.backbone), height, width)
+        else:
+            result = config_complexity(cfg, height, width)
     else:
         if args.cfg_options:
             parser.error('--cfg-options applies to config files only')

@@ -282,7 +282,7 @@ def reconstruction_weights(
     dist = squared_distances(tokens, centres).clamp_min_(0)
     nearest = dist.topk(min(num_neighbours, dist.shape[-1]), dim=-1, largest=False).values  # ascending
     weights = torch.exp((dist - nearest[..., :1]).mul_(-temperature))
-    return F.normalize(weights.masked_fill_(dist > nearest[..., -1:], 0), p=2, dim=-1)
+    return F.normalize(weights.masked_fill(dist > nearest[..., -1:], 0), p=2, dim=-1)
 
 
 class TokenClusters(NamedTuple):
