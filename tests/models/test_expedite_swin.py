@@ -351,3 +351,21 @@ def test_upstream_panoptic_state_dict_loads_strictly():
         cfg.model.backbone.init_cfg = None
         models.append(MODELS.build(cfg.model))
     models[1].load_state_dict(models[0].state_dict(), strict=True)
+
+
+def test_readme_swin_three_statement_config(tmp_path):
+    """The Swin how-to of configs/expedite/README.md, pasted verbatim: mmdet's Mask2Former Swin-B with the
+    hourglass backbone; its backbone builds from the config and clusters a 384 x 384 image's stage 3."""
+    readme = (ROOT / 'configs' / 'expedite' / 'README.md').read_text()
+    snippet = readme.split('and to an mmdet or mmseg Swin config too')[1].split('```python\n')[1].split('```')[0]
+    path = tmp_path / 'mask2former_swin-b-hourglass.py'
+    path.write_text(snippet)
+    cfg = load_config(str(path))
+    assert (cfg.model.backbone.embed_dims, cfg.model.backbone.window_size) == (128, 12)
+    cfg.model.backbone.init_cfg = None
+    backbone = MODELS.build(cfg.model.backbone)
+    assert isinstance(backbone, MMDetHourglassSwin)
+    with torch.no_grad():
+        outs = backbone.eval()(torch.randn(1, 3, 384, 384))
+    assert [o.shape[1] for o in outs] == [128, 256, 512, 1024]
+    assert backbone.clusters.grid == (24, 24) and backbone.clusters.reduced_grid == (16, 16)

@@ -242,17 +242,41 @@ def test_config_resolves():
 
 
 def test_readme_three_statement_config(tmp_path):
-    """The how-to of configs/expedite/README.md, pasted verbatim into a config file: mmseg's Segmenter ViT-B
-    with the hourglass; it parses, and the types and the upstream sizes are there."""
+    """The ViT how-to of configs/expedite/README.md, pasted verbatim into a config file: mmseg's Segmenter
+    ViT-S with the hourglass; it parses, the types and the upstream sizes are there, and the segmentor
+    clusters a 512 x 512 image's 32 x 32 tokens into 24 x 24 and predicts at full size."""
     readme = (Path(CONFIG).parents[0] / 'README.md').read_text()
     snippet = readme.split('takes three statements')[1].split('```python\n')[1].split('```')[0]
-    path = tmp_path / 'segmenter_vit-b-hourglass.py'
+    path = tmp_path / 'segmenter_vit-s-hourglass.py'
     path.write_text(snippet)
     cfg = Config.fromfile(str(path))
     assert MODELS.get(cfg.model.type) is HourglassEncoderDecoder
     assert MODELS.get(cfg.model.backbone.type) is HourglassVisionTransformer
-    assert (cfg.model.backbone.embed_dims, cfg.model.backbone.num_layers) == (768, 12)
-    assert (cfg.model.backbone.cluster_after, tuple(cfg.model.backbone.cluster_grid)) == (9, (28, 28))
+    assert (cfg.model.backbone.embed_dims, cfg.model.backbone.num_layers) == (384, 12)
+    assert (cfg.model.backbone.cluster_after, tuple(cfg.model.backbone.cluster_grid)) == (5, (24, 24))
+    cfg.model.pretrained = None
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    image = torch.randn(1, 3, 512, 512)
+    with torch.no_grad():
+        logits = model.inference(image, metas(image))
+    assert logits.shape == (1, 150, 512, 512) and torch.isfinite(logits).all()
+    assert model.backbone.clusters.grid == (32, 32) and model.backbone.clusters.cluster_grid == (24, 24)
+
+
+def test_vit_b_config_only_adds_the_hourglass():
+    """The ViT-B config is mmseg's Segmenter ViT-B with the hourglass types and settings, nothing else."""
+    path = Path(CONFIG).parent / 'segmenter_vit-b-hourglass-24x24_mask_8xb1-160k_ade20k-512x512.py'
+    cfg = Config.fromfile(str(path))
+    from mmcluster.apis import package_config_path
+
+    upstream = Config.fromfile(package_config_path('mmseg::segmenter/segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py'))
+    backbone = cfg.model.backbone.to_dict()
+    assert {k for k in backbone if backbone[k] != upstream.model.backbone.get(k)} == {'type', *HOURGLASS_KEYS}
+    assert (backbone['cluster_after'], backbone['cluster_grid']) == (5, (24, 24))
+    model = {k: v for k, v in cfg.model.to_dict().items() if k not in ('backbone', 'type', '_scope_')}
+    assert model == {k: v for k, v in upstream.model.to_dict().items() if k not in ('backbone', 'type')}
+    assert cfg.model.type == 'HourglassEncoderDecoder'
 
 
 @pytest.mark.parametrize('size', [8, 12, 16, 20, 24])
