@@ -1,5 +1,5 @@
-"""Latency, throughput and peak memory of backbones and full models, for inference and for training steps
-(used by tools/analysis_tools/benchmark.py and check_amp.py).
+"""Latency, throughput, FLOP rate and peak memory of backbones and full models, for inference (eager or
+``torch.compile``\\ d) and for training steps (used by tools/analysis_tools/benchmark.py and check_amp.py).
 
 Models are named as on the tools' command lines: a backbone preset, ``timm:NAME`` or an mmdet / mmseg
 config file. The mmcluster presets are generated from the arch tables of the families' mm backbones
@@ -7,15 +7,27 @@ config file. The mmcluster presets are generated from the arch tables of the fam
 ``preset_prefix`` gets one preset ``<prefix>-<arch>`` per arch (``_`` written ``-``), e.g. ``paca-small`` and
 ``paca-small-teacher``; a new family gets its presets by being listed there, without any change here.
 
+A :class:`Bench` is one timed pass made ready: a model at one input shape, dtype and mode (inference,
+compiled inference, a training step of a backbone / classifier, or a whole mmdet / mmseg training step on
+a synthetic batch). :func:`measure_bench` times benches one after the other; :func:`measure_interleaved`
+times them in rounds, every bench once a round, so that machine noise falls on all of them alike.
+
 Peak memory is torch's own: on GPUs ``torch.cuda.max_memory_allocated``; on CPUs the same quantity taken
 from torch's allocator events (``torch.profiler`` with ``profile_memory=True``) during one extra, untimed
 pass: the bytes of the tensors alive when the pass began (parameters, buffers, optimizer state, input)
 plus the largest rise of allocated bytes during the pass. On CPUs the peak resident set size of the whole
-process during the timed passes is reported as well (Linux).
+process during the timed passes is reported as well (Linux; not when interleaved, as it is not per model).
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-add of matrix
+products, convolutions and ``scaled_dot_product_attention``, forward and backward; elementwise operations
+are not counted). torch has no formula for the CPU's fused attention kernels and over-counts the backward
+of grouped convolutions; :func:`count_flops` corrects both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os.path
 import statistics
 import time
@@ -140,7 +152,8 @@ def build_named_model(spec: str, backbone_only: bool = False, with_cp: bool = Fa
 
 def training_loss(model: nn.Module, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A loss of a batch of images for a training step of a ``'backbone'`` (the mean of every output map,
-    summed) or a ``'timm'`` classifier (cross entropy against random classes)."""
+    summed) or a ``'timm'`` classifier (cross entropy against random classes). Detectors and segmentors
+    compute their own losses from annotations: see :func:`config_train_bench`."""
     if kind == 'timm':
 
         def classifier_loss(x: torch.Tensor) -> torch.Tensor:
@@ -157,8 +170,8 @@ def training_loss(model: nn.Module, kind: str) -> Callable[[torch.Tensor], torch
 
         return backbone_loss
     raise ValueError(
-        f'training steps are timed for backbones and timm classifiers, not {kind!r} models '
-        f"(a detector or segmentor needs annotations); use the config's backbone instead"
+        f"training_loss is for 'backbone' and 'timm' models, not {kind!r}: "
+        'a detector or segmentor is trained on annotations (config_train_bench)'
     )
 
 
@@ -180,6 +193,18 @@ class Measurement:
     step_memory_mib: Optional[float] = None  # the rise of allocated memory above the pass's start
     latency_min_ms: Optional[float] = None  # the fastest timed pass (the least disturbed on a busy machine)
     peak_rss_mib: Optional[float] = None  # CPU: peak resident set of the whole process, timed passes
+    compiled: bool = False  # torch.compile(fullgraph=True) of the forward pass
+    vs_first: Optional[float] = None  # latency / the first model's at the same input, batch, dtype and mode
+    vs_eager: Optional[float] = None  # compiled rows: latency / the same model's eager latency
+    gflop: Optional[float] = None  # FLOPs of one pass (count_flops), in 1e9
+    gflops: Optional[float] = None  # achieved: gflop / median latency in seconds
+    gemm_rate_gflops: Optional[float] = None  # this machine's fp32 GEMM rate (gemm_rate)
+    gemm_fraction: Optional[float] = None  # gflops / gemm_rate_gflops
+
+    @property
+    def mode_label(self) -> str:
+        """The mode as the table prints it, e.g. 'inference, compiled' or 'train, with_cp'."""
+        return self.mode + (', compiled' if self.compiled else '') + (', with_cp' if self.with_cp else '')
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -241,81 +266,509 @@ def cpu_allocation_peak(fn: Callable[[], object]) -> int:
     return peak
 
 
-def _check(dtype: str, warmup: int, iters: int) -> None:
+# FLOPs
+
+
+def _attention_flops(query: Sequence[int], key: Sequence[int], value: Sequence[int], *args, **kwargs) -> int:
+    """FLOPs of a fused attention kernel from its input shapes (..., L, E), as torch counts the CUDA
+    kernels: the products Q K^T and (scores) V, 2 FLOPs a multiply-add; softmax and masks not counted."""
+    return 2 * math.prod(query[:-2]) * query[-2] * key[-2] * (query[-1] + value[-1])
+
+
+def _attention_backward_flops(
+    grad_out: Sequence[int], query: Sequence[int], key: Sequence[int], value: Sequence[int], *args, **kwargs
+) -> int:
+    """FLOPs of a fused attention kernel's backward, as torch counts the CUDA ones: the scores recomputed,
+    two products for the gradient of (scores) V and two for that of Q K^T."""
+    return 2 * math.prod(query[:-2]) * query[-2] * key[-2] * (3 * query[-1] + 2 * value[-1])
+
+
+def _conv_flops(x: Sequence[int], weight: Sequence[int], out: Sequence[int], transposed: bool) -> int:
+    """FLOPs of a convolution, 2 a multiply-add: for every output point (input point if transposed), a
+    product with the whole weight, whose shape (C_out, C_in / groups, *kernel) accounts for the groups."""
+    return 2 * x[0] * math.prod((x if transposed else out)[2:]) * math.prod(weight)
+
+
+def _conv_backward_flops(
+    grad_out: Sequence[int],
+    x: Sequence[int],
+    weight: Sequence[int],
+    bias: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    transposed: bool,
+    output_padding: object,
+    groups: int,
+    output_mask: Sequence[bool],
+    *args,
+    **kwargs,
+) -> int:
+    """A convolution's backward: the input gradient and the weight gradient, where asked for, each as many
+    FLOPs as the forward convolution. (torch's own formula counts the weight gradient of a grouped
+    convolution ``groups`` times over, e.g. 96x for a depthwise convolution of 96 channels.)"""
+    return (int(output_mask[0]) + int(output_mask[1])) * _conv_flops(x, weight, grad_out, transposed)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn()``, counted by ``torch.utils.flop_counter.FlopCounterMode`` (forward and,
+    when ``fn`` runs one, backward passes), with two corrections to its formulas (torch 2.x): the CPU's
+    fused attention kernels, which it has no formula for (``_scaled_dot_product_flash_attention_for_cpu``
+    and its backward), are counted as it counts the CUDA ones, and the backward of grouped convolutions as
+    that of the forward convolution (see :func:`_conv_backward_flops`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    formulas = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward_flops,
+        aten.convolution_backward: _conv_backward_flops,
+    }
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _time_once(step: Callable[[], object], device: str) -> float:
+    """Milliseconds of one ``step()``: CUDA events on GPUs, the wall clock on CPUs."""
+    if device.startswith('cuda'):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    start_s = time.perf_counter()
+    step()
+    return (time.perf_counter() - start_s) * 1000
+
+
+def gemm_rate(device: str = 'cpu', size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-product rate in GFLOP/s: ``torch.mm`` of two random fp32 ``size`` x
+    ``size`` matrices, one untimed product, then the median time of ``repeats`` timed ones, counted as
+    ``2 * size**3`` FLOPs. On CPUs it runs at torch's current thread count; on GPUs under torch's TF32
+    setting (off by default)."""
+    if size < 1 or repeats < 1:
+        raise ValueError(f'need size >= 1 and repeats >= 1, got size={size}, repeats={repeats}')
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)
+    median_ms = statistics.median(_time_once(lambda: torch.mm(a, b), device) for _ in range(repeats))
+    return 2 * size**3 / (median_ms / 1000) / 1e9
+
+
+# Benches: one timed pass made ready
+
+
+@dataclass(eq=False)
+class Bench:
+    """One pass ready to time: ``step()`` runs it once on its own batch; ``held()`` is the bytes of the
+    tensors kept between passes (parameters, buffers, optimizer state, the batch)."""
+
+    name: str
+    model: nn.Module
+    height: int
+    width: int
+    batch_size: int
+    device: str
+    dtype: str
+    mode: str  # 'inference' or 'train'
+    step: Callable[[], object]
+    held: Callable[[], int]
+    with_cp: bool = False
+    eager: Optional[Bench] = None  # a compiled bench: the eager bench whose forward pass it compiles
+    warmup_min: int = 0  # untimed passes needed whatever the warm-up asked for (optimizer state, compiling)
+    flops: Optional[int] = None  # FLOPs of one pass, once counted
+    measured: Optional[Measurement] = None  # its measurement, once measured
+
+    @property
+    def compiled(self) -> bool:
+        return self.eager is not None
+
+
+def _check(dtype: str, warmup: int = 0, iters: int = 1) -> None:
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
     if warmup < 0 or iters < 1:
         raise ValueError(f'need warmup >= 0 and iters >= 1, got {warmup}, {iters}')
 
 
-def _time_passes(
-    step: Callable[[], object], warmup: int, iters: int, device: str
-) -> tuple[list[float], Optional[float], bool]:
-    """Run ``step`` ``warmup`` times, then time it ``iters`` times. Returns the times (ms), the peak memory
-    of the timed passes on CUDA (bytes; None on CPU) and the peak RSS of the process during them on the CPU
-    (MiB; None on CUDA or where it cannot be read)."""
-    cuda = device.startswith('cuda')
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_reset = not cuda and _reset_peak_rss()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
+def _autocast(device: str, dtype: str) -> torch.autocast:
+    return torch.autocast(device.split(':')[0], dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
+
+
+def inference_benches(
+    name: str,
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], object],
+    height: int,
+    width: int,
+    batch_size: int = 1,
+    device: str = 'cpu',
+    dtype: str = 'fp32',
+    compiled: bool = False,
+) -> list[Bench]:
+    """``forward(images)`` without gradients on a random (batch_size, 3, height, width) batch (fp16 / bf16
+    under autocast): the eager bench and, with ``compiled``, a second one on the same batch that runs
+    ``torch.compile(forward, fullgraph=True, dynamic=False)`` (inductor, one static graph per shape and
+    dtype; a graph break is an error). The compiled bench's first call compiles: it is never timed."""
+    _check(dtype)
+    model.to(device)
+    model.eval()  # (some mmdet backbones return None from train())
+    images = torch.randn(batch_size, 3, height, width, device=device)
+
+    def runner(fn: Callable[[torch.Tensor], object]) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad(), _autocast(device, dtype):
+                fn(images)
+
+        return step
+
+    def held() -> int:
+        return tensor_bytes([*model.parameters(), *model.buffers(), images])
+
+    shared = (name, model, height, width, batch_size, device, dtype, 'inference')
+    eager = Bench(*shared, runner(forward), held)
+    if not compiled:
+        return [eager]
+    compiled_forward = torch.compile(forward, fullgraph=True, dynamic=False)
+    return [eager, Bench(*shared, runner(compiled_forward), held, eager=eager, warmup_min=1)]
+
+
+def _training_step(
+    name: str,
+    loss_fn: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> Callable[[], None]:
+    """``loss_fn()``, backward, optimizer step, gradients freed (``zero_grad(set_to_none=True)``, as
+    mmengine's OptimWrapper). Raises FloatingPointError naming ``name`` if the first loss is not finite."""
+    checked = False
+
+    def step() -> None:
+        nonlocal checked
+        loss = loss_fn()
+        if not checked:
+            if not torch.isfinite(loss).all():
+                raise FloatingPointError(f'{name}: the loss of the first training step is {loss.tolist()}')
+            checked = True
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _optimizer(model: nn.Module, dtype: str, device: str, lr: float):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    scaler = torch.amp.GradScaler(device.split(':')[0], enabled=dtype == 'fp16')
+
+    def state() -> list[torch.Tensor]:
+        return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+    return optimizer, scaler, state
+
+
+def train_bench(
+    name: str,
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    height: int,
+    width: int,
+    batch_size: int = 1,
+    device: str = 'cpu',
+    dtype: str = 'fp32',
+    with_cp: bool = False,
+    lr: float = 1e-4,
+) -> Bench:
+    """Training steps on a random (batch_size, 3, height, width) batch: ``loss_fn(images)`` (see
+    :func:`training_loss`), backward, an AdamW step, gradients freed. fp16 runs under autocast with a
+    GradScaler, bf16 under autocast. The first step (untimed) creates AdamW's state; ``with_cp`` only
+    records that the model checkpoints its activations."""
+    _check(dtype)
+    model.to(device)
+    model.train()
+    images = torch.randn(batch_size, 3, height, width, device=device)
+    optimizer, scaler, state = _optimizer(model, dtype, device, lr)
+
+    def loss() -> torch.Tensor:
+        with _autocast(device, dtype):
+            return loss_fn(images)
+
+    def held() -> int:
+        return tensor_bytes([*model.parameters(), *model.buffers(), *state(), images])
+
+    step = _training_step(name, loss, optimizer, scaler)
+    return Bench(name, model, height, width, batch_size, device, dtype, 'train', step, held, with_cp, warmup_min=1)
+
+
+def _num_classes(model: nn.Module, kind: str) -> int:
+    """The class count of a segmentor's decode head, or of a detector's (RoI) box head."""
+    if kind == 'mmseg':
+        heads = [getattr(model, 'decode_head', None)]
+    else:
+        heads = [getattr(getattr(model, 'roi_head', None), 'bbox_head', None), getattr(model, 'bbox_head', None)]
+    for head in heads:
+        head = head[0] if isinstance(head, nn.ModuleList) else head  # (cascade heads)
+        if isinstance(getattr(head, 'num_classes', None), int):
+            return head.num_classes
+    where = 'decode_head' if kind == 'mmseg' else 'roi_head.bbox_head or bbox_head'
+    raise ValueError(f'cannot tell the classes of a {type(model).__name__}: it has no {where} with num_classes')
+
+
+def synthetic_batch(
+    model: nn.Module,
+    kind: str,
+    height: int,
+    width: int,
+    batch_size: int = 1,
+    device: str = 'cpu',
+    num_instances: int = 3,
+    seed: int = 0,
+) -> dict:
+    """One training batch as an mmdet / mmseg model's data preprocessor takes it from a dataloader:
+    ``inputs``, random uint8 (3, height, width) images, and ``data_samples``: for ``kind`` 'mmdet',
+    DetDataSamples with ``num_instances`` random boxes (20-70 % of the image a side) and labels, plus
+    box-shaped BitmapMasks where the detector has a mask head; for 'mmseg', SegDataSamples with a random
+    ``gt_sem_seg``. The tensors are on ``device``."""
+    from mmengine.structures import InstanceData, PixelData
+
+    if kind not in ('mmdet', 'mmseg'):
+        raise ValueError(f"kind must be 'mmdet' or 'mmseg', got {kind!r}")
+    if num_instances < 1:
+        raise ValueError(f'num_instances must be >= 1, got {num_instances}')
+    num_classes = _num_classes(model, kind)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (height, width)
+    inputs, samples = [], []
+    for index in range(batch_size):
+        inputs.append(torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator).to(device))
+        if kind == 'mmseg':
+            from mmseg.structures import SegDataSample
+
+            sample = SegDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape))
+            labels = torch.randint(0, num_classes, (1, height, width), generator=generator)
+            sample.gt_sem_seg = PixelData(data=labels.to(device))
+            samples.append(sample)
+            continue
+        import numpy as np
+        from mmdet.structures import DetDataSample
+        from mmdet.structures.mask import BitmapMasks
+
+        size = torch.tensor([width, height], dtype=torch.float32)
+        box_size = size * (0.2 + 0.5 * torch.rand(num_instances, 2, generator=generator))
+        corner = (size - box_size) * torch.rand(num_instances, 2, generator=generator)
+        boxes = torch.cat([corner, corner + box_size], dim=1)
+        labels = torch.randint(0, num_classes, (num_instances,), generator=generator)
+        instances = InstanceData(bboxes=boxes.to(device), labels=labels.to(device))
+        if model.with_mask:
+            masks = np.zeros((num_instances, height, width), dtype=np.uint8)
+            for mask, (x1, y1, x2, y2) in zip(masks, boxes.round().int().tolist()):
+                mask[y1:y2, x1:x2] = 1
+            instances.masks = BitmapMasks(masks, height, width)
+        metainfo = dict(img_id=index, img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1.0, 1.0))
+        sample = DetDataSample(metainfo=dict(metainfo, flip=False, flip_direction=None))
+        sample.gt_instances = instances
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def config_train_bench(
+    name: str,
+    model: nn.Module,
+    kind: str,
+    height: int,
+    width: int,
+    batch_size: int = 1,
+    device: str = 'cpu',
+    dtype: str = 'fp32',
+    with_cp: bool = False,
+    lr: float = 1e-4,
+) -> Bench:
+    """Training steps of an mmdet detector or mmseg segmentor (``kind``) on one :func:`synthetic_batch`, as
+    mmengine's ``BaseModel.train_step`` runs them with an ``OptimWrapper``: the data preprocessor (in
+    training mode) and the losses (``mode='loss'``) under autocast for fp16 / bf16, ``parse_losses``,
+    backward, an AdamW step (a GradScaler for fp16), gradients freed. A preprocessor that pads to a fixed
+    size (mmseg's ``size``, the crop size) pads to (height, width) instead. The first step (untimed) creates
+    AdamW's state and raises FloatingPointError if its loss is not finite."""
+    _check(dtype)
+    model.to(device)
+    model.train()
+    data = synthetic_batch(model, kind, height, width, batch_size, device)
+    preprocessor = model.data_preprocessor
+    fixed_size = getattr(preprocessor, 'size', None) is not None
+    optimizer, scaler, state = _optimizer(model, dtype, device, lr)
+    if kind == 'mmseg':
+        targets = [sample.gt_sem_seg.data for sample in data['data_samples']]
+    else:
+        targets = [
+            t for sample in data['data_samples'] for t in (sample.gt_instances.bboxes, sample.gt_instances.labels)
+        ]
+
+    def loss() -> torch.Tensor:
+        if fixed_size:  # (the model may be timed at other shapes in between)
+            preprocessor.size = (height, width)
+        with _autocast(device, dtype):
+            batch = preprocessor(data, True)
+            losses = model(**batch, mode='loss')
+        return model.parse_losses(losses)[0]
+
+    def held() -> int:
+        return tensor_bytes([*model.parameters(), *model.buffers(), *state(), *data['inputs'], *targets])
+
+    step = _training_step(name, loss, optimizer, scaler)
+    return Bench(name, model, height, width, batch_size, device, dtype, 'train', step, held, with_cp, warmup_min=1)
+
+
+# Measuring benches
+
+
+def _flops(bench: Bench) -> int:
+    """The FLOPs of one pass of ``bench``, counted in one extra pass of the eager bench (a compiled bench
+    does the same work as its eager one)."""
+    source = bench.eager or bench
+    if source.flops is None:
+        source.flops = count_flops(source.step)
+    return source.flops
+
+
+def _warm_up(bench: Bench, warmup: int) -> None:
+    for index in range(max(warmup, bench.warmup_min)):
+        if index == 0 and bench.compiled:
+            try:
+                bench.step()
+            except Exception as error:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
+                raise RuntimeError(
+                    f'torch.compile(fullgraph=True) of {bench.name} failed at {bench.height}x{bench.width} '
+                    f'{bench.dtype}: {type(error).__name__}: {first_line}'
+                ) from error
         else:
-            start_s = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start_s) * 1000)
-    if cuda:
-        return times, torch.cuda.max_memory_allocated(device), None
-    return times, None, _read_peak_rss_mib() if rss_reset else None
+            bench.step()
 
 
-def _memory(
-    step: Callable[[], object],
-    device: str,
-    held: Callable[[], int],
-    cuda_peak: Optional[int],
-    cuda_start: Optional[int],
-) -> tuple[float, float]:
-    """(peak, rise above the start) in MiB: from the CUDA statistics, or one profiled pass on the CPU."""
-    if device.startswith('cuda'):
-        return cuda_peak / 2**20, (cuda_peak - cuda_start) / 2**20
-    start = held()
-    rise = cpu_allocation_peak(step)
+def _no_recompiling(benches: Sequence[Bench]):
+    """While timing: compiled benches must not compile again (the compile time is no part of a pass)."""
+    if any(bench.compiled for bench in benches):
+        return torch.compiler.set_stance('fail_on_recompile')
+    return contextlib.nullcontext()
+
+
+def _cpu_memory(bench: Bench) -> tuple[float, float]:
+    """(peak, rise) in MiB on the CPU: the held tensors plus the largest rise during one profiled pass."""
+    start = bench.held()
+    rise = cpu_allocation_peak(bench.step)
     return (start + rise) / 2**20, rise / 2**20
 
 
 def _result(
-    name, model, height, width, batch_size, device, dtype, times, peak, rise, peak_rss, mode, with_cp
+    bench: Bench,
+    times: Sequence[float],
+    peak: float,
+    rise: float,
+    peak_rss: Optional[float],
+    gemm_gflops: Optional[float],
 ) -> Measurement:
     median = statistics.median(times)
-    return Measurement(
-        name,
-        height,
-        width,
-        batch_size,
-        device,
-        dtype,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+    row = Measurement(
+        bench.name,
+        bench.height,
+        bench.width,
+        bench.batch_size,
+        bench.device,
+        bench.dtype,
+        sum(p.numel() for p in bench.model.parameters()) / 1e6,
         median,
         (max(times) - min(times)) / 2,
-        batch_size * 1000 / median,
+        bench.batch_size * 1000 / median,
         peak,
-        mode=mode,
-        with_cp=with_cp,
+        mode=bench.mode,
+        with_cp=bench.with_cp,
         step_memory_mib=rise,
-        peak_rss_mib=peak_rss,
         latency_min_ms=min(times),
+        peak_rss_mib=peak_rss,
+        compiled=bench.compiled,
     )
+    if bench.eager is not None and bench.eager.measured is not None:
+        row.vs_eager = median / bench.eager.measured.latency_ms
+    if gemm_gflops is not None:
+        row.gflop = _flops(bench) / 1e9
+        row.gflops = row.gflop / (median / 1000)
+        row.gemm_rate_gflops = gemm_gflops
+        row.gemm_fraction = row.gflops / gemm_gflops
+    bench.measured = row
+    return row
+
+
+def measure_bench(bench: Bench, warmup: int, iters: int, gemm_gflops: Optional[float] = None) -> Measurement:
+    """Time ``bench`` alone: ``warmup`` untimed passes (at least its ``warmup_min``), ``iters`` timed ones,
+    then its memory (on CPUs in one more, profiled pass). With ``gemm_gflops`` (:func:`gemm_rate`) the
+    FLOPs of a pass are counted too (one more pass) and the achieved rate set against it. A compiled bench
+    starts from cleared compile caches (``torch.compiler.reset``), so that shapes and dtypes compiled
+    before do not add up to dynamo's recompile limit."""
+    _check(bench.dtype, warmup, iters)
+    if gemm_gflops is not None:
+        _flops(bench)
+    if bench.compiled:
+        torch.compiler.reset()
+    _warm_up(bench, warmup)
+    cuda = bench.device.startswith('cuda')
+    if cuda:
+        torch.cuda.synchronize(bench.device)
+        start = torch.cuda.memory_allocated(bench.device)
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    rss_reset = not cuda and _reset_peak_rss()
+    with _no_recompiling([bench]):
+        times = [_time_once(bench.step, bench.device) for _ in range(iters)]
+        if cuda:
+            peak_bytes = torch.cuda.max_memory_allocated(bench.device)
+            peak, rise, peak_rss = peak_bytes / 2**20, (peak_bytes - start) / 2**20, None
+        else:
+            peak_rss = _read_peak_rss_mib() if rss_reset else None
+            peak, rise = _cpu_memory(bench)
+    return _result(bench, times, peak, rise, peak_rss, gemm_gflops)
+
+
+def measure_interleaved(
+    benches: Sequence[Bench], warmup: int, iters: int, gemm_gflops: Optional[float] = None
+) -> list[Measurement]:
+    """Time ``benches`` in rounds: each bench's warm-up first (compiling the compiled ones), then ``iters``
+    rounds, each running every bench once in order, so that a slow spell of the machine falls on all of
+    them alike; then each one's memory. Peak memory is the bench's held tensors plus the largest rise during
+    one of its passes (on CPUs, one more profiled pass); the process's peak RSS is not per bench and is left
+    out. ``gemm_gflops`` as in :func:`measure_bench`."""
+    for bench in benches:
+        _check(bench.dtype, warmup, iters)
+    if gemm_gflops is not None:
+        for bench in benches:
+            _flops(bench)
+    # every shape and dtype of a model is one more compiled graph of the same code
+    limit = max(torch._dynamo.config.recompile_limit, sum(bench.compiled for bench in benches))
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        for bench in benches:
+            _warm_up(bench, warmup)
+    times: list[list[float]] = [[] for _ in benches]
+    cuda_rise = [0] * len(benches)
+    with _no_recompiling(benches):
+        for _ in range(iters):
+            for index, bench in enumerate(benches):
+                cuda = bench.device.startswith('cuda')
+                if cuda:
+                    torch.cuda.synchronize(bench.device)
+                    start = torch.cuda.memory_allocated(bench.device)
+                    torch.cuda.reset_peak_memory_stats(bench.device)
+                times[index].append(_time_once(bench.step, bench.device))
+                if cuda:
+                    cuda_rise[index] = max(cuda_rise[index], torch.cuda.max_memory_allocated(bench.device) - start)
+        rows = []
+        for bench, bench_times, rise_bytes in zip(benches, times, cuda_rise):
+            if bench.device.startswith('cuda'):
+                peak, rise = (bench.held() + rise_bytes) / 2**20, rise_bytes / 2**20
+            else:
+                peak, rise = _cpu_memory(bench)
+            rows.append(_result(bench, bench_times, peak, rise, None, gemm_gflops))
+    return rows
 
 
 def measure(
@@ -333,24 +786,8 @@ def measure(
     """Time ``forward(images)`` on a (batch_size, 3, height, width) batch without gradients. fp16/bf16 use
     autocast."""
     _check(dtype, warmup, iters)
-    model.to(device)
-    model.eval()  # (some mmdet backbones return None from train())
-    images = torch.randn(batch_size, 3, height, width, device=device)
-    cuda = device.startswith('cuda')
-
-    def step():
-        autocast = torch.autocast(device.split(':')[0], dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None)
-        with torch.no_grad(), autocast:
-            forward(images)
-
-    cuda_start = torch.cuda.memory_allocated(device) if cuda else None
-    times, cuda_peak, peak_rss = _time_passes(step, warmup, iters, device)
-    peak, rise = _memory(
-        step, device, lambda: tensor_bytes([*model.parameters(), *model.buffers(), images]), cuda_peak, cuda_start
-    )
-    return _result(
-        name, model, height, width, batch_size, device, dtype, times, peak, rise, peak_rss, 'inference', False
-    )
+    bench = inference_benches(name, model, forward, height, width, batch_size, device, dtype)[0]
+    return measure_bench(bench, warmup, iters)
 
 
 def measure_train(
@@ -367,87 +804,65 @@ def measure_train(
     with_cp: bool = False,
     lr: float = 1e-4,
 ) -> Measurement:
-    """Time training steps on a (batch_size, 3, height, width) batch: ``loss_fn(images)`` (see
-    :func:`training_loss`), backward, an AdamW step, gradients freed (``zero_grad(set_to_none=True)``, as
-    mmengine's optimizer wrapper). fp16 runs under autocast with a GradScaler, bf16 under autocast.
+    """Time training steps (:func:`train_bench`) on a (batch_size, 3, height, width) batch.
 
-    The peak memory counts parameters, buffers, AdamW's state (created in the first step) and the input,
-    plus the rise during a step (activations kept for backward, gradients, temporaries); ``step_memory_mib``
-    is that rise alone, which is what activation checkpointing (``with_cp``, recorded here) reduces.
+    The peak memory counts parameters, buffers, AdamW's state (created in the first, untimed step) and the
+    input, plus the rise during a step (activations kept for backward, gradients, temporaries);
+    ``step_memory_mib`` is that rise alone, which is what activation checkpointing (``with_cp``, recorded
+    here) reduces.
     """
     _check(dtype, warmup, iters)
-    model.to(device)
-    model.train()
-    images = torch.randn(batch_size, 3, height, width, device=device)
-    device_type = device.split(':')[0]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == 'fp16')
+    bench = train_bench(name, model, loss_fn, height, width, batch_size, device, dtype, with_cp, lr)
+    return measure_bench(bench, warmup, iters)
 
-    def step():
-        with torch.autocast(device_type, dtype=DTYPES[dtype], enabled=DTYPES[dtype] is not None):
-            loss = loss_fn(images)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
 
-    if warmup == 0:  # the optimizer state must exist before memory is counted
-        warmup = 1
-    cuda_start = None
-    if device.startswith('cuda'):
-        step()
-        warmup -= 1
-        torch.cuda.synchronize(device)
-        cuda_start = torch.cuda.memory_allocated(device)
-
-    def held() -> int:
-        state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-        return tensor_bytes([*model.parameters(), *model.buffers(), *state, images])
-
-    times, cuda_peak, peak_rss = _time_passes(step, warmup, iters, device)
-    peak, rise = _memory(step, device, held, cuda_peak, cuda_start)
-    return _result(name, model, height, width, batch_size, device, dtype, times, peak, rise, peak_rss, 'train', with_cp)
+def add_first_ratios(rows: Sequence[Measurement]) -> None:
+    """Set each row's ``vs_first``: its latency over that of the first row at the same input, batch,
+    device, dtype and mode (compiled and with_cp included), e.g. PaCa-Small's latency in Swin-T's."""
+    first: dict[tuple, Measurement] = {}
+    for row in rows:
+        key = (row.height, row.width, row.batch_size, row.device, row.dtype, row.mode_label)
+        row.vs_first = row.latency_ms / first.setdefault(key, row).latency_ms
 
 
 def _mib(value: Optional[float]) -> str:
     return '-' if value is None else f'{value:.0f}'
 
 
+def _ratio(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value:.2f}'
+
+
 def format_table(rows: Sequence[Measurement]) -> str:
-    header = (
-        'model',
-        'mode',
-        'input',
-        'batch',
-        'device',
-        'dtype',
-        'params (M)',
-        'latency (ms)',
-        'min (ms)',
-        'images/s',
-        'peak mem (MiB)',
-        'rise in pass (MiB)',
-        'peak RSS (MiB)',
-    )
-    lines = [header] + [
-        (
-            r.model,
-            r.mode + (', with_cp' if r.with_cp else ''),
-            f'{r.height}x{r.width}',
-            str(r.batch_size),
-            r.device,
-            r.dtype,
-            f'{r.params_m:.1f}',
-            f'{r.latency_ms:.1f} ± {r.latency_spread_ms:.1f}',
-            '-' if r.latency_min_ms is None else f'{r.latency_min_ms:.1f}',
-            f'{r.throughput:.2f}',
-            _mib(r.peak_memory_mib),
-            _mib(r.step_memory_mib),
-            _mib(r.peak_rss_mib),
-        )
-        for r in rows
+    """A Markdown table of ``rows``; the compiled/eager and FLOP columns only where some row has them."""
+    columns: list[tuple[str, Callable[[Measurement], str]]] = [
+        ('model', lambda r: r.model),
+        ('mode', lambda r: r.mode_label),
+        ('input', lambda r: f'{r.height}x{r.width}'),
+        ('batch', lambda r: str(r.batch_size)),
+        ('device', lambda r: r.device),
+        ('dtype', lambda r: r.dtype),
+        ('params (M)', lambda r: f'{r.params_m:.1f}'),
+        ('latency (ms)', lambda r: f'{r.latency_ms:.1f} ± {r.latency_spread_ms:.1f}'),
+        ('min (ms)', lambda r: '-' if r.latency_min_ms is None else f'{r.latency_min_ms:.1f}'),
+        ('× first', lambda r: _ratio(r.vs_first)),
     ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    if any(r.compiled for r in rows):
+        columns.append(('× eager', lambda r: _ratio(r.vs_eager)))
+    columns.append(('images/s', lambda r: f'{r.throughput:.2f}'))
+    if any(r.gflop is not None for r in rows):
+        columns += [
+            ('GFLOP', lambda r: '-' if r.gflop is None else f'{r.gflop:.2f}'),
+            ('GFLOP/s', lambda r: '-' if r.gflops is None else f'{r.gflops:.1f}'),
+            ('% of GEMM', lambda r: '-' if r.gemm_fraction is None else f'{100 * r.gemm_fraction:.0f}%'),
+        ]
+    columns += [
+        ('peak mem (MiB)', lambda r: _mib(r.peak_memory_mib)),
+        ('rise in pass (MiB)', lambda r: _mib(r.step_memory_mib)),
+        ('peak RSS (MiB)', lambda r: _mib(r.peak_rss_mib)),
+    ]
+    lines = [[title for title, _ in columns]] + [[cell(r) for _, cell in columns] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     out = ['| ' + ' | '.join(c.ljust(w) for c, w in zip(line, widths)) + ' |' for line in lines]
     out.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
     return '\n'.join(out)
@@ -463,7 +878,7 @@ def plot(rows: Sequence[Measurement], out_file: str) -> None:
     fig, axis = plt.subplots(figsize=(6, 4))
     series: dict[str, list[Measurement]] = {}
     for row in rows:
-        mode = '' if row.mode == 'inference' else f', {row.mode}' + (' with_cp' if row.with_cp else '')
+        mode = '' if row.mode_label == 'inference' else f', {row.mode_label}'
         series.setdefault(f'{row.model} ({row.dtype}{mode})', []).append(row)
     for label, points in series.items():
         points.sort(key=lambda r: r.height * r.width)

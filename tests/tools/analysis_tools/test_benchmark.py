@@ -4,9 +4,24 @@ import json
 import re
 
 import pytest
+import torch
+import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
-from mmcluster.utils.benchmark import build_named_model
+from mmcluster.utils.benchmark import (
+    build_named_model,
+    count_flops,
+    inference_benches,
+    measure_bench,
+    measure_interleaved,
+    train_bench,
+    training_loss,
+)
 from tests.tools_helpers import ROOT, load_tool, run
+
+MASK_RCNN = 'configs/paca_vit/mask-rcnn_paca-small_fpn_1x_coco.py'
+UPERNET = 'configs/paca_vit/upernet_paca-small_8xb2-160k_ade20k-512x512.py'
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +125,9 @@ def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(['paca-tiny', '--iters', '0', '--device', 'cpu'])
     assert '--iters must be >= 1, got 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['paca-tiny', '--train', '--compile', '--device', 'cpu'])
+    assert '--compile times inference passes; it cannot be combined with --train' in capsys.readouterr().err
     with pytest.raises(ValueError, match='unknown model'):  # the library raises, the tool exits
         build_named_model('paca-huge')
     with pytest.raises(ValueError, match="unknown timm model 'paca_huge'"):
@@ -162,3 +180,134 @@ def test_check_amp_tool_on_cpu(capsys):
     with pytest.raises(SystemExit):
         module.main(['configs/paca_vit/mask-rcnn_paca-tiny_fpn_1x_coco.py', '--device', 'cpu'])
     assert 'only segmentor configs are supported' in capsys.readouterr().err
+
+
+def test_interleaved_rounds_run_every_bench_once_a_round():
+    calls = []
+    benches = []
+    for name in ('a', 'b'):
+        bench = inference_benches(name, nn.Linear(2, 2), lambda x, name=name: calls.append(name), 4, 4)[0]
+        benches.append(bench)
+    rows = measure_interleaved(benches, warmup=2, iters=3)
+    # warm-up per bench, then rounds of every bench, then one profiled pass each for the memory
+    assert calls == ['a', 'a', 'b', 'b'] + ['a', 'b'] * 3 + ['a', 'b']
+    assert [r.model for r in rows] == ['a', 'b'] and all(r.peak_rss_mib is None for r in rows)
+
+
+def test_interleave_reports_the_latency_over_the_first_models(capsys):
+    args = ['pvtv2-b1', 'paca-tiny', '--shapes', '32', '--warmup', '1', '--iters', '2', '--device', 'cpu']
+    rows = benchmark_main()([*args, '--interleave'])
+    assert [(r.model, r.mode_label) for r in rows] == [('pvtv2-b1', 'inference'), ('paca-tiny', 'inference')]
+    assert rows[0].vs_first == 1.0
+    assert rows[1].vs_first == pytest.approx(rows[1].latency_ms / rows[0].latency_ms)
+    assert all(0 < r.latency_min_ms <= r.latency_ms and r.step_memory_mib > 0 for r in rows)
+    table = capsys.readouterr().out
+    assert '× first' in table and f'| {rows[1].vs_first:.2f} ' in table.splitlines()[-1]
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_gemm_rate_and_the_flops_of_a_pass(capsys):
+    main = benchmark_main()
+    args = ['--shapes', '32', '--warmup', '0', '--iters', '1', '--device', 'cpu', '--gemm-rate']
+    rows = main(['paca-tiny', 'pvtv2-b1', *args])
+    header = capsys.readouterr().out.splitlines()[0]
+    rate = float(re.search(r'fp32 GEMM rate ([\d.]+) GFLOP/s \(torch.mm 2048x2048, median of 5\)', header).group(1))
+    assert rate > 0
+    images = torch.randn(1, 3, 32, 32)
+    for row in rows:
+        _, model, _ = build_named_model(row.model)
+        model.eval()
+        with torch.no_grad():
+            plain = _flops(lambda: model(images))
+            with sdpa_kernel(SDPBackend.MATH):  # attention as matrix products, which torch counts on CPUs too
+                math_attention = _flops(lambda: model(images))
+        assert round(row.gflop * 1e9) == math_attention
+        assert row.gflops == pytest.approx(row.gflop / (row.latency_ms / 1000))
+        assert row.gemm_rate_gflops == pytest.approx(rate, abs=0.05)
+        assert row.gemm_fraction == pytest.approx(row.gflops / row.gemm_rate_gflops)
+        # PaCa's attention runs in the CPU's fused kernel, which FlopCounterMode alone does not count
+        assert (math_attention > plain) == (row.model == 'paca-tiny')
+
+    # a training step: forward and backward (Swin-T: no grouped convolutions, no fused attention)
+    [train] = main(['swin-t', '--train', *args])
+    _, model, kind = build_named_model('swin-t')
+    loss = training_loss(model, kind)
+    assert round(train.gflop * 1e9) == _flops(lambda: loss(images).backward())
+
+
+def test_the_backward_of_a_depthwise_convolution_costs_twice_its_forward():
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    forward = 2 * 2 * 5 * 5 * 8 * 3 * 3  # 2 FLOPs a multiply-add, per image, output point, channel, tap
+    assert count_flops(lambda: conv(x)) == forward
+    assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward  # input and weight gradients
+    # torch's own formula: the forward, the input gradient and 8 times the weight gradient (fails once fixed)
+    assert _flops(lambda: conv(x).sum().backward()) == 10 * forward
+
+
+def test_compiled_next_to_eager(capsys):
+    """The smallest real model: timm's test ViT (0.4 M parameters; inductor on 2 CPU cores compiles it in
+    about 20 s with an empty cache, PVTv2-b1 in about 45 s)."""
+    rows = benchmark_main()(
+        [
+            'timm:test_vit',
+            '--shapes',
+            '32',
+            '--warmup',
+            '0',
+            '--iters',
+            '2',
+            '--device',
+            'cpu',
+            '--compile',
+            '--interleave',
+        ]
+    )
+    eager, compiled = rows
+    assert (eager.mode_label, compiled.mode_label) == ('inference', 'inference, compiled')
+    assert eager.vs_eager is None
+    assert compiled.vs_eager == pytest.approx(compiled.latency_ms / eager.latency_ms)
+    assert compiled.vs_first == 1.0  # the first (only) model's compiled row
+    table = capsys.readouterr().out
+    assert '× eager' in table and '| inference, compiled |' in table
+
+
+class GraphBreak(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if x.sum() > 0 else x - 1  # data-dependent control flow: a graph break
+
+
+def test_a_model_that_does_not_compile_in_one_graph_is_an_error():
+    model = GraphBreak()
+    benches = inference_benches('graph-break', model, model, 8, 8, compiled=True)
+    measure_bench(benches[0], warmup=0, iters=1)
+    with pytest.raises(RuntimeError, match=r'torch.compile\(fullgraph=True\) of graph-break failed at 8x8 fp32'):
+        measure_bench(benches[1], warmup=0, iters=1)
+
+
+def test_a_training_step_with_a_loss_that_is_not_finite_is_an_error():
+    model = nn.Conv2d(3, 1, 1)
+    bench = train_bench('nan', model, lambda x: model(x).mean() * float('nan'), 8, 8)
+    with pytest.raises(FloatingPointError, match='nan: the loss of the first training step is nan'):
+        measure_bench(bench, warmup=0, iters=1)
+
+
+def test_training_steps_of_detector_and_segmentor_configs():
+    main = benchmark_main()
+    args = ['--train', '--warmup', '0', '--iters', '1', '--device', 'cpu']
+    [det] = main([MASK_RCNN, '--shapes', '64', *args])
+    # batch 2: UperNet's pyramid pooling normalises 1x1 maps, which BatchNorm cannot do for one image
+    [seg] = main([UPERNET, '--shapes', '128', '--batch-size', '2', *args])
+    [seg_cp] = main([UPERNET, '--shapes', '128', '--batch-size', '2', '--with-cp', *args])
+    for row in (det, seg, seg_cp):
+        assert row.mode == 'train' and 0 < row.latency_ms < float('inf')
+        # parameters, AdamW's two moments and the gradients at least
+        assert row.peak_memory_mib > row.params_m * 1e6 * 4 * 4 / 2**20
+        assert 0 < row.step_memory_mib < row.peak_memory_mib
+    assert det.model == 'mask-rcnn_paca-small_fpn_1x_coco' and seg_cp.with_cp and not seg.with_cp
+    assert seg_cp.step_memory_mib < seg.step_memory_mib  # fewer backbone activations kept for backward

@@ -85,11 +85,3 @@ def test_paca_with_cp_lowers_the_memory_of_a_training_step():
             measure_train('paca', model, training_loss(model, 'backbone'), 64, 64, warmup=1, iters=1, with_cp=with_cp)
         )
     _check_training_memory(*rows)
-
-
-def test_training_mode_is_for_backbones_and_classifiers(capsys):
-    with pytest.raises(SystemExit):
-        load_tool('tools/analysis_tools/benchmark.py').main(
-            ['configs/paca_vit/paca-head_paca-tiny_8xb2-160k_ade20k-512x512.py', '--train', '--device', 'cpu']
-        )
-    assert "training steps are timed for backbones and timm classifiers, not 'mmseg'" in capsys.readouterr().err
