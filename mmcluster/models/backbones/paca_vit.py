@@ -38,7 +38,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from ..conversion import FamilyConverter, RuleTable, register_converter
-from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, SoftAssignment, pool_clusters
+from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, SoftAssignment, map_row_bands, pool_clusters
 from .base import (
     BackboneContract,
     HierarchicalViT,
@@ -92,9 +92,17 @@ class ConvClustering(nn.Module):
         self.to_clusters = nn.Conv2d(dim, num_clusters, 1, bias=False)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        x = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
-        x = self.act(self.channel_mix(self.act(self.spatial_mix(x))))
-        return self.to_clusters(x).flatten(2)
+        # local (7x7 receptive field): band by band on CPUs, only the logits allocated at full size
+        halo = self.spatial_mix.kernel_size[0] // 2
+        return map_row_bands(self.token_logits, x, hw, x.shape[-1], halo).transpose(1, 2)
+
+    def token_logits(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Logits (B, N, M) of the tokens x (B, N, C) of an H x W map."""
+        spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])  # a channels-last view
+        x = rearrange(self.act(self.spatial_mix(spatial)), 'b c h w -> b (h w) c')
+        # the 1x1 convs as the GEMMs on tokens that they are (same weights)
+        x = self.act(F.linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
+        return F.linear(x, self.to_clusters.weight.flatten(1))
 
 
 class MlpClustering(nn.Module):
@@ -108,10 +116,20 @@ class MlpClustering(nn.Module):
         self.to_clusters = nn.Linear(hidden, num_clusters)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        return self.to_clusters(self.act(self.fc(x))).transpose(1, 2)
+        # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
+        hidden = self.fc.out_features
+        return map_row_bands(lambda t, _: self.to_clusters(self.act(self.fc(t))), x, hw, hidden).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------------
+
+
+def fused_linear(x: torch.Tensor, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, ...]:
+    """``tuple(layer(x) for layer in layers)`` in one GEMM, with the layers' weights stacked on the fly (the
+    state dict keeps one weight per layer, as the official checkpoints have them)."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers])
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
 class PatchToClusterAttention(nn.Module):
@@ -149,19 +167,35 @@ class PatchToClusterAttention(nn.Module):
         self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: normalised tokens (B, N, C). Returns the attention output and the assignment (B, M, N)."""
-        if self.num_clusters > 0:
+        keys, values, assignment = self.keys_values(x, hw, assignment)
+        # Each query attends to the same keys, independently of the other queries: on CPUs the queries run
+        # band by band, with their scores and outputs in the cache.
+        return map_row_bands(lambda tokens, _: self.attend(tokens, keys, values), x, hw, 4 * x.shape[-1]), assignment
+
+    def keys_values(
+        self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Keys and values (B, heads, M, C / heads) of the cluster tokens of x (B, N, C), or of its N tokens
+        with full self-attention, and the assignment (B, M, N): computed here in a clustering block, else the
+        one passed in (an earlier block's or the teacher's)."""
+        if self.num_clusters == 0:
+            context = x
+        else:
             if self.clustering is not None:
                 assignment = self.assign(self.clustering(x, hw))
             elif assignment is None:
                 raise RuntimeError('this block reuses a cluster assignment but none was passed in')
             context = self.cluster_norm(pool_clusters(assignment, x))  # Z_{M,C}, Eqn. 2
-        else:
-            context = x
-        q = rearrange(self.q(x), 'b n (h d) -> b h n d', h=self.num_heads)
-        k = rearrange(self.k(context), 'b m (h d) -> b h m d', h=self.num_heads)
-        v = rearrange(self.v(context), 'b m (h d) -> b h m d', h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(out, 'b h n d -> b n (h d)')), assignment
+        keys, values = (self._split_heads(t) for t in fused_linear(context, (self.k, self.v)))
+        return keys, values, assignment
+
+    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The attention output of the normalised tokens x (B, n, C), any subset of the map's tokens."""
+        out = F.scaled_dot_product_attention(self._split_heads(self.q(x)), keys, values)
+        return self.proj(rearrange(out, 'b h n d -> b n (h d)'))
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, 'b n (h d) -> b h n d', h=self.num_heads)
 
 
 class PaCaBlock(nn.Module):
@@ -186,10 +220,25 @@ class PaCaBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        out, assignment = self.attn(self.norm1(x), hw, assignment)
-        x = x + self.drop_path(out)
-        x = x + self.drop_path(self.mlp(self.norm2(x), hw))
-        return x, assignment
+        # Only the keys and values need the whole map. The rest of the block is local (the FFN's 3x3 conv
+        # sees one row up and down), so on CPUs it runs band by band with one row of halo, each band's
+        # intermediates in the cache and only the block output allocated at full size (map_row_bands).
+        keys, values, assignment = self.attn.keys_values(self.norm1(x), hw, assignment)
+        attn_scale = mlp_scale = None
+        if self.training and isinstance(self.drop_path, DropPath):
+            # DropPath keeps or drops each sample's branch: drawn once for the whole map, not per band
+            attn_scale, mlp_scale = (self.drop_path(x.new_ones(x.shape[0], 1, 1)) for _ in range(2))
+
+        def local(tokens: torch.Tensor, band: tuple[int, int]) -> torch.Tensor:
+            tokens = _residual(tokens, self.attn.attend(self.norm1(tokens), keys, values), attn_scale)
+            return _residual(tokens, self.mlp.forward_map(self.norm2(tokens), band), mlp_scale)
+
+        return map_row_bands(local, x, hw, self.mlp.fc1.out_features, halo=1), assignment
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """x + branch, or x + scale * branch with a per-sample DropPath scale (B, 1, 1): 0 or 1 / keep rate."""
+    return x + branch if scale is None else torch.addcmul(x, scale, branch)
 
 
 class PaCaStage(nn.Module):
@@ -239,7 +288,7 @@ class PaCaStage(nn.Module):
         self, x: torch.Tensor, assignment: Optional[torch.Tensor] = None, teacher_feature: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """x: (B, C_in, H_in, W_in) map; returns the normalised stage output (B, C, H, W)."""
-        x = self.downsample(x)
+        x = self.downsample(x)  # a channels-last map (ConvDownsample), so the tokens are a view of it
         height, width = x.shape[-2:]
         x = rearrange(x, 'b c h w -> b (h w) c')
         for block in self.blocks:
@@ -249,9 +298,8 @@ class PaCaStage(nn.Module):
                 x, assignment = block(x, (height, width), assignment)
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')
-        # Contiguous NCHW, not a channels-last view: convs propagate that memory format into the neck, and
-        # mmcv 2.1.0's compiled RoIAlign reads channels-last input as if it were NCHW (wrong features).
-        return rearrange(self.norm(x), 'b (h w) c -> b c h w', h=height, w=width).contiguous()
+        # A channels-last view; the mm backbone returns its maps as contiguous NCHW (BackboneContract.forward)
+        return rearrange(self.norm(x), 'b (h w) c -> b c h w', h=height, w=width)
 
 
 # ---------------------------------------------------------------------------------------------------

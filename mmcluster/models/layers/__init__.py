@@ -13,6 +13,7 @@ from .equitable_clustering import (
 )
 from .ffn import DWConvFFN
 from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
+from .row_bands import map_row_bands
 from .seca import LCE_KERNEL_SIZE, SECAttention
 from .token_clustering import (
     TokenClustering,
@@ -41,6 +42,7 @@ __all__ = [
     'cluster_tokens',
     'equitable_cluster_attention',
     'equitable_layout',
+    'map_row_bands',
     'neighbourhood_mask',
     'pool_clusters',
     'reconstruction_weights',

@@ -6,12 +6,16 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from .row_bands import map_row_bands
+
 
 class DWConvFFN(nn.Module):
     """Inverted-bottleneck FFN with a residual depth-wise 3x3 conv on the hidden tokens.
 
     ``fc1 -> h + DWConv3x3(h) -> GELU -> fc2``; this is PaCa-ViT's "MBlock" (paper Fig. 3), the
-    PVTv2-style FFN with a shortcut around the depth-wise conv.
+    PVTv2-style FFN with a shortcut around the depth-wise conv. The FFN is local (each output token sees its
+    3x3 neighbourhood), so on CPUs it runs band by band with one row of halo
+    (:func:`~.row_bands.map_row_bands`); the result is the same.
     """
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
@@ -22,7 +26,12 @@ class DWConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        return map_row_bands(self.forward_map, x, hw, self.fc1.out_features, halo=1)
+
+    def forward_map(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The FFN on a whole (B, H*W, C) token map."""
         x = self.fc1(x)
+        # a channels-last view of the tokens: the depth-wise conv reads and writes (B, H, W, C) memory
         spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
         x = x + rearrange(self.dwconv(spatial), 'b c h w -> b (h w) c')
         return self.fc2(self.act(x))

@@ -1,0 +1,152 @@
+"""PaCa-ViT's fast paths give today's outputs: band-by-band execution of token-local layers
+(mmcluster/models/layers/row_bands.py), channels-last convolutions and stacked q/k/v GEMMs, against the network
+written out step by step on NCHW maps with whole-map FFNs and one GEMM per projection."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+import mmcluster.models.layers.row_bands as row_bands
+from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
+from mmcluster.models.layers import DWConvFFN, map_row_bands
+
+
+@pytest.fixture
+def small_bands(monkeypatch):
+    """Bands of a few rows at test sizes (at full size a band holds 2**21 hidden values)."""
+
+    def use(elements):
+        monkeypatch.setattr(row_bands, 'BAND_ELEMENTS', elements)
+
+    return use
+
+
+@pytest.mark.parametrize('elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (2**30, 1), (4 * 13 * 8, 0)])
+def test_map_row_bands_equals_the_whole_map(small_bands, elements, halo):
+    """A (2 * halo + 1)^2 depth-wise conv with zero padding, on 1-row, 3-row, 5-row and whole-map bands of a
+    17-row map (the last band shorter)."""
+    torch.manual_seed(0)
+    small_bands(elements)
+    height, width, channels = 17, 13, 8
+    weight = torch.randn(channels, 1, 2 * halo + 1, 2 * halo + 1)
+    calls = []
+
+    def conv(tokens, hw):
+        calls.append(hw)
+        spatial = rearrange(tokens, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
+        return rearrange(F.conv2d(spatial, weight, padding=halo, groups=channels), 'b c h w -> b (h w) c')
+
+    x = torch.randn(2, height * width, channels)
+    expected = conv(x, (height, width))
+    calls.clear()
+    out = map_row_bands(conv, x, (height, width), hidden_dim=channels // 2, halo=halo)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    rows = max(1, elements // (2 * width * channels // 2))
+    assert len(calls) == -(-height // rows)
+    assert all(hw[1] == width and hw[0] <= rows + 2 * halo for hw in calls)
+
+
+def test_map_row_bands_runs_whole_maps_off_the_cpu(small_bands):
+    small_bands(1)
+    calls = []
+    x = torch.empty(1, 6 * 4, 3, device='meta')
+    out = map_row_bands(lambda t, hw: calls.append(hw) or t, x, (6, 4), hidden_dim=3, halo=1)
+    assert calls == [(6, 4)] and out.shape == x.shape
+
+
+def test_dwconv_ffn_bands_with_gradients(small_bands):
+    torch.manual_seed(0)
+    small_bands(2 * 9 * 32)
+    ffn = DWConvFFN(8, 32)
+    x = torch.randn(2, 11 * 9, 8, requires_grad=True)
+    out = ffn(x, (11, 9))
+    expected = ffn.forward_map(x, (11, 9))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_equals_the_separate_layers():
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(12, 12) for _ in range(3)]
+    x = torch.randn(2, 50, 12)
+    for out, layer in zip(fused_linear(x, layers), layers):
+        torch.testing.assert_close(out, layer(x), rtol=1e-6, atol=1e-6)
+
+
+def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tensor]:
+    """PaCa-ViT on contiguous NCHW maps, one GEMM per projection and whole-map FFNs (onsite clustering)."""
+
+    def downsample(module, x):
+        for conv in module.proj:
+            x = conv(x.contiguous())
+        return module.norm(x).contiguous()
+
+    x = downsample(model.patch_embed, images)
+    outs = []
+    for stage in model.stages:
+        if not isinstance(stage.downsample, torch.nn.Identity):
+            x = downsample(stage.downsample, x)
+        hw = x.shape[-2:]
+        tokens = rearrange(x, 'b c h w -> b (h w) c')
+        assignment = None
+        for block in stage.blocks:
+            attn = block.attn
+            normed = block.norm1(tokens)
+            if attn.num_clusters:
+                if attn.clustering is not None:
+                    assignment = torch.softmax(attn.clustering(normed, hw), dim=-1)
+                context = attn.cluster_norm(assignment @ normed)
+            else:
+                context = normed
+            q, k, v = (
+                rearrange(t, 'b n (h d) -> b h n d', h=attn.num_heads)
+                for t in (attn.q(normed), attn.k(context), attn.v(context))
+            )
+            heads = F.scaled_dot_product_attention(q, k, v)
+            tokens = tokens + attn.proj(rearrange(heads, 'b h n d -> b n (h d)'))
+            tokens = tokens + block.mlp.forward_map(block.norm2(tokens), hw)
+        x = rearrange(stage.norm(tokens), 'b (h w) c -> b c h w', h=hw[0]).contiguous()
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize(
+    'kwargs',
+    [dict(arch='tiny'), dict(arch='tiny', clustering='mlp'), dict(arch='tiny', assignment='block')],
+    ids=['conv', 'mlp', 'block'],
+)
+def test_backbone_equals_the_plain_composition(small_bands, kwargs):
+    """Outputs within 1e-5 of the plain NCHW computation, at an odd size, with FFN bands of 2-3 rows in stage 1."""
+    torch.manual_seed(0)
+    small_bands(2 * 60 * 384)
+    model = PaCaViT(**kwargs, drop_path_rate=0.0).eval()
+    images = torch.randn(1, 3, 97, 233)
+    with torch.no_grad():
+        outs = model(images)
+        expected = _reference_forward(model, images)
+    for out, ref in zip(outs, expected):
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path_keeps_or_drops_a_sample_in_every_band(small_bands):
+    """DropPath draws one decision per sample and branch for the whole map, not one per band: in training
+    the banded block equals the whole-map block under the same random draws, and with drop rate ~1 a block
+    whose branches are both dropped passes its input through."""
+    from mmcluster.models.backbones.paca_vit import ConvClustering, PaCaBlock
+
+    torch.manual_seed(0)
+    block = PaCaBlock(16, 2, 4, ConvClustering(16, 4), drop_path=0.5).train()
+    x = torch.randn(4, 9 * 7, 16)
+    outs = []
+    for elements in (2**30, 2 * 7 * 64):
+        small_bands(elements)
+        torch.manual_seed(1)
+        outs.append(block(x, (9, 7))[0])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+    block.drop_path.drop_prob = 1.0 - 1e-9
+    torch.manual_seed(1)
+    torch.testing.assert_close(block(x, (9, 7))[0], x)

@@ -1,0 +1,35 @@
+"""tools/analysis_tools/profile_model.py: torch.profiler's operator table of one forward pass."""
+
+import pytest
+import torch
+
+from tests.tools_helpers import load_tool
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_operator_table_of_a_backbone(capsys):
+    table = load_tool('tools/analysis_tools/profile_model.py').main(
+        ['paca-tiny', '--shape', '64x96', '--threads', '1', '--warmup', '1', '--top', '5', '--by-shape']
+    )
+    rows = table.splitlines()
+    assert rows[0] == '| operator | input shapes | calls | self time (ms) | share |'
+    assert len(rows) == 2 + 5 + 1 and rows[-1].startswith('| all operators |')
+    operators = [row.split('|')[1].strip() for row in rows[2:-1]]
+    assert '`aten::addmm`' in operators  # the linear layers dominate
+    shares = [float(row.split('|')[5].strip().rstrip('%')) for row in rows[2:-1]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    assert 'paca-tiny, 64x96, batch 1' in capsys.readouterr().out
+
+
+def test_bad_arguments(capsys):
+    tool = load_tool('tools/analysis_tools/profile_model.py')
+    for argv, message in ((['nope'], "unknown model 'nope'"), (['paca-tiny', '--top', '0'], '--top must be >= 1')):
+        with pytest.raises(SystemExit):
+            tool.main(argv)
+        assert message in capsys.readouterr().err
