@@ -97,9 +97,14 @@ class ResizableWindowAttention(BaseModule):
             grid = table.t().reshape(1, self.num_heads, span, span)
             table = F.interpolate(grid, size=(2 * window - 1,) * 2, mode='bilinear', align_corners=False)
             table = table.reshape(self.num_heads, -1).t()
-            index = self._indices.get(window)
-            if index is None or index.device != table.device:
-                index = self._indices[window] = relative_position_index(window).to(table.device)
+            if (
+                torch.compiler.is_compiling()
+            ):  # a constant of the graph: filling the cache would make the next call recompile
+                index = relative_position_index(window).to(table.device)
+            else:
+                index = self._indices.get(window)
+                if index is None or index.device != table.device:
+                    index = self._indices[window] = relative_position_index(window).to(table.device)
         return table[index.reshape(-1)].reshape(window * window, window * window, -1).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -201,6 +206,9 @@ class HourglassSwinMixin:
         self.token_reconstruction = TokenReconstruction(num_neighbours, reconstruction_temperature)
         self.clusters: Optional[WindowClusters] = None
         self._full_resolution = False
+        # which hourglass blocks upstream shifts, kept from construction: their shift_size changes with the
+        # windows (and is 0 for 1 x 1 windows)
+        self._shifted = tuple(block.attn.shift_size > 0 for _, block in self.hourglass_blocks())
         if cluster_window < self.window_size:
             for _, block in self.hourglass_blocks():
                 block.attn.w_msa = ResizableWindowAttention(block.attn.w_msa)
@@ -210,8 +218,7 @@ class HourglassSwinMixin:
         shifts (upstream ``ShiftWindowMSA`` pads, rolls and builds its mask from these two ints). Set by each
         forward before the stage runs and left so: a ``with_cp`` recomputation in the backward pass, which
         comes before the next forward, sees the windows its forward used."""
-        for _, block in self.hourglass_blocks():
-            shifted = block.attn.shift_size > 0
+        for (_, block), shifted in zip(self.hourglass_blocks(), self._shifted):
             block.attn.window_size = window
             block.attn.shift_size = window // 2 if shifted else 0
 

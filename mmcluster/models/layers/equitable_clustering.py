@@ -97,7 +97,9 @@ def _layout(num_tokens: int, num_clusters: int, device: torch.device, force_padd
     length = torch.where(cluster < full, size, size - 1)
     valid = position < length
     source = torch.where(valid, start + position, torch.zeros_like(slots))
-    valid_slots = slots[valid]
+    # the slot of each sorted rank (``slots[valid]``, whose size torch.compile could not know): the rank plus the
+    # padding slots before it, one at the end of each cluster after the first `full`
+    valid_slots = ranks + (ranks - split).clamp_min(0) // max(size - 1, 1)
     return EquitableLayout(
         num_tokens, num_clusters, size, source, valid.view(num_clusters, size), valid_slots, rank_to_cluster
     )
@@ -113,7 +115,10 @@ def equitable_layout(
     """
     if not 1 <= num_clusters <= num_tokens:
         raise ValueError(f'need 1 <= num_clusters <= num_tokens, got {num_clusters} clusters for {num_tokens} tokens')
-    return _layout(int(num_tokens), int(num_clusters), torch.device(device or 'cpu'), bool(force_padding))
+    # Compiled, the layout is traced into the graph (its tensors depend only on the ints, so they are
+    # constants there); the cache holds eager tensors only.
+    layout = _layout.__wrapped__ if torch.compiler.is_compiling() else _layout
+    return layout(int(num_tokens), int(num_clusters), torch.device(device or 'cpu'), bool(force_padding))
 
 
 def equitable_cluster_attention(

@@ -42,7 +42,14 @@ def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.T
     scaling both tables scales the result (e.g. by the attention's softmax scale)."""
     dtype = torch.promote_types(torch.promote_types(x.dtype, sin.dtype), torch.float32)
     x = x.to(dtype)
-    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(stride % 2 for stride in x.stride()[:-1]):
+    # view_as_complex needs unit last stride, even other strides and an even storage offset. torch.compile
+    # cannot trace storage_offset(): a compiled graph always takes the contiguous copy (the same values).
+    if (
+        torch.compiler.is_compiling()
+        or x.stride(-1) != 1
+        or x.storage_offset() % 2
+        or any(stride % 2 for stride in x.stride()[:-1])
+    ):
         x = x.contiguous()
     turn = torch.complex(cos[..., 0::2].to(dtype), sin[..., 0::2].to(dtype))
     return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turn).flatten(-2)
