@@ -62,6 +62,16 @@ PRESET_VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
+def parse_shape(text: str) -> tuple[int, int]:
+    """A tool's input-shape argument, ``SIZE`` or ``HxW``, as (height, width) (an argparse ``type``)."""
+    import argparse
+
+    parts = text.lower().split('x')
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f'a shape is SIZE or HxW, got {text!r}')
+    return int(parts[0]), int(parts[-1])
+
+
 def family_presets(backbones: Optional[Iterable[type]] = None) -> dict[str, dict]:
     """``{'<prefix>-<arch>': dict(type=<class>, arch=<arch>)}`` for every mm backbone class with an
     ``arch_zoo`` (default: :data:`mmcluster.models.backbones.MM_BACKBONES`). The prefix is the class's

@@ -76,19 +76,13 @@ from mmcluster.utils.benchmark import (
     inference_benches,
     measure_bench,
     measure_interleaved,
+    parse_shape,
     plot,
     train_bench,
     training_loss,
 )
 
 GEMM_SIZE, GEMM_REPEATS = 2048, 5
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    parts = text.lower().split('x')
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f'a shape is SIZE or HxW, got {text!r}')
-    return (int(parts[0]), int(parts[-1]))
 
 
 def build(spec: str, backbone_only: bool, with_cp: bool = False):

@@ -17,14 +17,7 @@ import torch
 
 import mmcluster  # noqa: F401  (registers the models)
 from mmcluster.apis import tensor_forward
-from mmcluster.utils.benchmark import build_named_model
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    parts = text.lower().split('x')
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f'a shape is SIZE or HxW, got {text!r}')
-    return int(parts[0]), int(parts[-1])
+from mmcluster.utils.benchmark import build_named_model, parse_shape
 
 
 def operator_table(events, top: int) -> str:
