@@ -78,6 +78,25 @@ def test_full_resolution_is_upstream_and_shapes(package):
         assert model.clusters.reduced_grid == tuple(p // 6 * 4 for p in padded)
 
 
+@pytest.mark.parametrize('cluster_window', [1, 2])
+@torch.no_grad()
+def test_upstream_shifts_survive_clustered_forwards(cluster_window):
+    """A clustered forward sets the later blocks' windows to k (shift k // 2: none for k = 1); a following
+    forward in full_resolution() must shift the odd blocks by K // 2 again, as upstream does. (Reading the
+    shift back from the blocks lost it after a forward with k = 1.)"""
+    upstream, model = swin_pair('mmdet', dict(cluster_window=cluster_window))
+    image = torch.randn(1, 3, 96, 96)
+    expected = upstream(image)
+    for _ in range(2):
+        model(image)
+        assert model.clusters is not None
+        with model.full_resolution():
+            for a, e in zip(model(image), expected):
+                torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+        shifts = [block.attn.shift_size for _, block in model.hourglass_blocks()]
+        assert shifts == [0, 3]  # stage-2 blocks 2 and 3: upstream shifts the odd one by K // 2
+
+
 def test_state_dict_is_upstream():
     upstream, model = swin_pair()
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in upstream.state_dict().items()}

@@ -18,15 +18,14 @@ fine-tuning, and the Segmenter-style segmentor that reconstructs the decode head
 This module imports mmseg; ``mmcluster.models.register_mmseg`` registers its classes in mmseg's MODELS.
 """
 
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmseg.models.backbones import VisionTransformer
 from mmseg.models.segmentors import EncoderDecoder
 
-from ..layers.token_clustering import TokenClustering, TokenClusters, TokenReconstruction
+from ..layers.token_clustering import FullResolutionSwitch, TokenClustering, TokenClusters, TokenReconstruction
 
 Grid = Tuple[int, int]
 RECONSTRUCT = ('backbone', 'decode_head')
@@ -40,7 +39,7 @@ def _grid(value: Union[int, Sequence[int]], name: str) -> Grid:
     return grid
 
 
-class HourglassVisionTransformer(VisionTransformer):
+class HourglassVisionTransformer(FullResolutionSwitch, VisionTransformer):
     """mmseg's ``VisionTransformer`` with Expedite's token clustering after block ``cluster_after`` and token
     reconstruction in the backbone or after the decode head. Every upstream argument keeps its meaning.
 
@@ -103,18 +102,6 @@ class HourglassVisionTransformer(VisionTransformer):
         self.token_clustering = TokenClustering(num_iters, neighbourhood_size, temperature)
         self.token_reconstruction = TokenReconstruction(num_neighbours, reconstruction_temperature)
         self.clusters: Optional[TokenClusters] = None
-        self._full_resolution = False
-
-    @contextmanager
-    def full_resolution(self) -> Iterator['HourglassVisionTransformer']:
-        """Within this context nothing is clustered: the forward is exactly the upstream ViT's (and
-        :attr:`clusters` stays None), e.g. to compare features with the original model's on the same
-        weights."""
-        previous, self._full_resolution = self._full_resolution, True
-        try:
-            yield self
-        finally:
-            self._full_resolution = previous
 
     def hourglass_blocks(self) -> List[Tuple[str, nn.Module]]:
         """(name, block) of every block that runs on the cluster centres (those after ``cluster_after``):

@@ -36,8 +36,7 @@ The concrete backbones are ``HourglassSwinTransformer`` in mmdet's MODELS
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,7 +45,7 @@ from einops import rearrange
 from mmengine.model import BaseModule
 from timm.layers import trunc_normal_
 
-from ..layers.token_clustering import TokenClustering, TokenClusters, TokenReconstruction
+from ..layers.token_clustering import FullResolutionSwitch, TokenClustering, TokenClusters, TokenReconstruction
 
 Grid = Tuple[int, int]
 
@@ -143,7 +142,7 @@ class WindowClusters(NamedTuple):
     reduced_grid: Grid
 
 
-class HourglassSwinMixin:
+class HourglassSwinMixin(FullResolutionSwitch):
     """Mixed in before an OpenMMLab ``SwinTransformer`` (mmdet's or mmseg's): window token clustering after
     block ``cluster_after`` and window token reconstruction at the end of its stage (module docstring).
 
@@ -205,7 +204,6 @@ class HourglassSwinMixin:
         self.token_clustering = TokenClustering(num_iters, neighbourhood_size, temperature)
         self.token_reconstruction = TokenReconstruction(num_neighbours, reconstruction_temperature)
         self.clusters: Optional[WindowClusters] = None
-        self._full_resolution = False
         # which hourglass blocks upstream shifts, kept from construction: their shift_size changes with the
         # windows (and is 0 for 1 x 1 windows)
         self._shifted = tuple(block.attn.shift_size > 0 for _, block in self.hourglass_blocks())
@@ -221,16 +219,6 @@ class HourglassSwinMixin:
         for (_, block), shifted in zip(self.hourglass_blocks(), self._shifted):
             block.attn.window_size = window
             block.attn.shift_size = window // 2 if shifted else 0
-
-    @contextmanager
-    def full_resolution(self) -> Iterator['HourglassSwinMixin']:
-        """Within this context nothing is clustered: the forward is exactly the upstream Swin's (the later
-        blocks use the K x K windows and the checkpoint's table as it is)."""
-        previous, self._full_resolution = self._full_resolution, True
-        try:
-            yield self
-        finally:
-            self._full_resolution = previous
 
     def hourglass_blocks(self) -> List[Tuple[str, nn.Module]]:
         """(name, block) of every block that runs on the centres: the blocks of the hourglass stage after

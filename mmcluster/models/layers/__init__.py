@@ -16,6 +16,7 @@ from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
 from .row_bands import map_row_bands
 from .seca import LCE_KERNEL_SIZE, SECAttention
 from .token_clustering import (
+    FullResolutionSwitch,
     TokenClustering,
     TokenClusters,
     TokenReconstruction,
@@ -25,6 +26,7 @@ from .token_clustering import (
 )
 
 __all__ = [
+    'FullResolutionSwitch',
     'BlurConv2d',
     'ConvDownsample',
     'DWConvFFN',

@@ -85,7 +85,8 @@ clustering, the refined tokens for reconstruction). Needs torch and einops only.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -378,3 +379,20 @@ class TokenReconstruction(nn.Module):
 
     def extra_repr(self) -> str:
         return f'num_neighbours={self.num_neighbours}, temperature={self.temperature}'
+
+
+class FullResolutionSwitch:
+    """Mixin of the hourglass backbones (plain ViT and Swin): :meth:`full_resolution`, a context in which the
+    forward clusters nothing and is exactly the upstream backbone's, e.g. to compare features with the
+    original model's on the same weights (``tools/analysis_tools/feature_similarity.py``). The forward reads
+    :attr:`_full_resolution`."""
+
+    _full_resolution: bool = False
+
+    @contextmanager
+    def full_resolution(self) -> Iterator['FullResolutionSwitch']:
+        previous, self._full_resolution = self._full_resolution, True
+        try:
+            yield self
+        finally:
+            self._full_resolution = previous
