@@ -22,37 +22,72 @@ def small_bands(monkeypatch):
     return use
 
 
-@pytest.mark.parametrize('elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (2**30, 1), (4 * 13 * 8, 0)])
+def _conv_layer(weight: torch.Tensor, halo: int, calls: list):
+    """A (2 * halo + 1)^2 depth-wise conv with zero padding as the local part of a banded layer: the output
+    for the given rows of its context."""
+
+    def conv(kept, context, hw, rows):
+        calls.append(hw)
+        spatial = rearrange(context, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
+        out = F.conv2d(spatial, weight, padding=halo, groups=weight.shape[0])[:, :, rows]
+        assert out.shape[-2] * out.shape[-1] == kept.shape[1]
+        return rearrange(out, 'b c h w -> b (h w) c')
+
+    return conv
+
+
+@pytest.mark.parametrize(
+    'elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (2**30, 1), (4 * 13 * 8, 0), (1, 3)]
+)
 def test_map_row_bands_equals_the_whole_map(small_bands, elements, halo):
-    """A (2 * halo + 1)^2 depth-wise conv with zero padding, on 1-row, 3-row, 5-row and whole-map bands of a
-    17-row map (the last band shorter)."""
+    """A depth-wise conv on 1-row (at least halo rows), 3-row, 5-row and whole-map bands of a 17-row map (the
+    last band shorter)."""
     torch.manual_seed(0)
     small_bands(elements)
     height, width, channels = 17, 13, 8
-    weight = torch.randn(channels, 1, 2 * halo + 1, 2 * halo + 1)
     calls = []
-
-    def conv(tokens, hw):
-        calls.append(hw)
-        spatial = rearrange(tokens, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
-        return rearrange(F.conv2d(spatial, weight, padding=halo, groups=channels), 'b c h w -> b (h w) c')
-
+    conv = _conv_layer(torch.randn(channels, 1, 2 * halo + 1, 2 * halo + 1), halo, calls)
     x = torch.randn(2, height * width, channels)
-    expected = conv(x, (height, width))
+    expected = conv(x, x, (height, width), slice(0, height))
     calls.clear()
     out = map_row_bands(conv, x, (height, width), hidden_dim=channels // 2, halo=halo)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    rows = max(1, elements // (2 * width * channels // 2))
+    rows = max(1, halo, elements // (2 * width * channels // 2))
     assert len(calls) == -(-height // rows)
     assert all(hw[1] == width and hw[0] <= rows + 2 * halo for hw in calls)
+
+
+@pytest.mark.parametrize('elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (1, 3), (4 * 13 * 8, 0)])
+def test_row_wise_part_runs_once_per_row(small_bands, elements, halo):
+    """With a row-wise part, every row goes through it exactly once and each band borrows its halo rows of
+    the row-wise output from its neighbours: the same output as the whole map."""
+    torch.manual_seed(0)
+    small_bands(elements)
+    height, width, channels = 17, 13, 8
+    weight, scale = torch.randn(channels, 1, 2 * halo + 1, 2 * halo + 1), torch.randn(channels)
+    rowwise_rows = []
+
+    def rowwise(tokens, hw):
+        rowwise_rows.append(hw[0])
+        return tokens * 2, (tokens * scale).tanh()
+
+    def local(kept, context, hw, rows):
+        return kept + _conv_layer(weight, halo, [])(kept, context, hw, rows)
+
+    x = torch.randn(2, height * width, channels)
+    expected = local(*rowwise(x, (height, width)), (height, width), slice(0, height))
+    rowwise_rows.clear()
+    out = map_row_bands(local, x, (height, width), hidden_dim=channels // 2, halo=halo, rowwise=rowwise)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert sum(rowwise_rows) == height and len(rowwise_rows) > 1
 
 
 def test_map_row_bands_runs_whole_maps_off_the_cpu(small_bands):
     small_bands(1)
     calls = []
     x = torch.empty(1, 6 * 4, 3, device='meta')
-    out = map_row_bands(lambda t, hw: calls.append(hw) or t, x, (6, 4), hidden_dim=3, halo=1)
-    assert calls == [(6, 4)] and out.shape == x.shape
+    out = map_row_bands(lambda kept, context, hw, rows: calls.append((hw, rows)) or kept, x, (6, 4), 3, halo=1)
+    assert calls == [((6, 4), slice(0, 6))] and out.shape == x.shape
 
 
 def test_dwconv_ffn_bands_with_gradients(small_bands):

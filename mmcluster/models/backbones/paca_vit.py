@@ -94,12 +94,16 @@ class ConvClustering(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         # local (7x7 receptive field): band by band on CPUs, only the logits allocated at full size
         halo = self.spatial_mix.kernel_size[0] // 2
-        return map_row_bands(self.token_logits, x, hw, x.shape[-1], halo).transpose(1, 2)
+        logits = map_row_bands(
+            lambda _, context, band, rows: self.token_logits(context, band, rows), x, hw, x.shape[-1], halo
+        )
+        return logits.transpose(1, 2)
 
-    def token_logits(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Logits (B, N, M) of the tokens x (B, N, C) of an H x W map."""
+    def token_logits(self, x: torch.Tensor, hw: tuple[int, int], rows: slice) -> torch.Tensor:
+        """Logits (B, n, M) of the tokens in ``rows`` of x (B, N, C), tokens of an H x W map (the rows
+        around them are the depth-wise conv's context)."""
         spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])  # a channels-last view
-        x = rearrange(self.act(self.spatial_mix(spatial)), 'b c h w -> b (h w) c')
+        x = rearrange(self.act(self.spatial_mix(spatial)[:, :, rows]), 'b c h w -> b (h w) c')
         # the 1x1 convs as the GEMMs on tokens that they are (same weights)
         x = self.act(F.linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
         return F.linear(x, self.to_clusters.weight.flatten(1))
@@ -118,7 +122,7 @@ class MlpClustering(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
         hidden = self.fc.out_features
-        return map_row_bands(lambda t, _: self.to_clusters(self.act(self.fc(t))), x, hw, hidden).transpose(1, 2)
+        return map_row_bands(lambda t, *_: self.to_clusters(self.act(self.fc(t))), x, hw, hidden).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ class PatchToClusterAttention(nn.Module):
         keys, values, assignment = self.keys_values(x, hw, assignment)
         # Each query attends to the same keys, independently of the other queries: on CPUs the queries run
         # band by band, with their scores and outputs in the cache.
-        return map_row_bands(lambda tokens, _: self.attend(tokens, keys, values), x, hw, 4 * x.shape[-1]), assignment
+        return map_row_bands(lambda tokens, *_: self.attend(tokens, keys, values), x, hw, 4 * x.shape[-1]), assignment
 
     def keys_values(
         self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
@@ -220,20 +224,25 @@ class PaCaBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        # Only the keys and values need the whole map. The rest of the block is local (the FFN's 3x3 conv
-        # sees one row up and down), so on CPUs it runs band by band with one row of halo, each band's
-        # intermediates in the cache and only the block output allocated at full size (map_row_bands).
+        # Only the keys and values need the whole map. The rest of the block is local: row-wise up to the
+        # FFN's first linear layer, whose output the FFN's 3x3 conv sees one row up and down. So on CPUs it
+        # runs band by band, the row-wise part once per row, each band's intermediates in the cache and only
+        # the block output allocated at full size (map_row_bands).
         keys, values, assignment = self.attn.keys_values(self.norm1(x), hw, assignment)
         attn_scale = mlp_scale = None
         if self.training and isinstance(self.drop_path, DropPath):
             # DropPath keeps or drops each sample's branch: drawn once for the whole map, not per band
             attn_scale, mlp_scale = (self.drop_path(x.new_ones(x.shape[0], 1, 1)) for _ in range(2))
 
-        def local(tokens: torch.Tensor, band: tuple[int, int]) -> torch.Tensor:
+        def rowwise(tokens: torch.Tensor, _: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = _residual(tokens, self.attn.attend(self.norm1(tokens), keys, values), attn_scale)
-            return _residual(tokens, self.mlp.forward_map(self.norm2(tokens), band), mlp_scale)
+            return tokens, self.mlp.fc1(self.norm2(tokens))
 
-        return map_row_bands(local, x, hw, self.mlp.fc1.out_features, halo=1), assignment
+        def local(tokens: torch.Tensor, hidden: torch.Tensor, band: tuple[int, int], rows: slice) -> torch.Tensor:
+            return _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)
+
+        hidden_dim = self.mlp.fc1.out_features
+        return map_row_bands(local, x, hw, hidden_dim, halo=1, rowwise=rowwise), assignment
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:

@@ -26,12 +26,19 @@ class DWConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        return map_row_bands(self.forward_map, x, hw, self.fc1.out_features, halo=1)
+        expand = lambda tokens, _: (tokens, self.fc1(tokens))  # noqa: E731  (row-wise: once per row)
+        return map_row_bands(
+            lambda _, hidden, band, rows: self.mix(hidden, band, rows), x, hw, self.fc1.out_features, 1, expand
+        )
 
     def forward_map(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """The FFN on a whole (B, H*W, C) token map."""
-        x = self.fc1(x)
+        return self.mix(self.fc1(x), hw, slice(0, hw[0]))
+
+    def mix(self, hidden: torch.Tensor, hw: tuple[int, int], rows: slice) -> torch.Tensor:
+        """``fc2(GELU(h + DWConv3x3(h)))`` of the hidden tokens h (B, H*W, hidden) of an H x W map, for the
+        tokens in ``rows`` only (the rows around them are the depth-wise conv's context)."""
         # a channels-last view of the tokens: the depth-wise conv reads and writes (B, H, W, C) memory
-        spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
-        x = x + rearrange(self.dwconv(spatial), 'b c h w -> b (h w) c')
-        return self.fc2(self.act(x))
+        spatial = rearrange(hidden, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])
+        mixed = spatial[:, :, rows] + self.dwconv(spatial)[:, :, rows]
+        return self.fc2(self.act(rearrange(mixed, 'b c h w -> b (h w) c')))
