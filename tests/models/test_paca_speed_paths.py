@@ -82,6 +82,23 @@ def test_row_wise_part_runs_once_per_row(small_bands, elements, halo):
     assert sum(rowwise_rows) == height and len(rowwise_rows) > 1
 
 
+@pytest.mark.parametrize('elements', [1, 3 * 13 * 8, 2**30])
+def test_tokens_last_output_with_gradients(small_bands, elements):
+    """tokens_last: the bands written into one contiguous (B, C', N) tensor, gradients flowing through it."""
+    torch.manual_seed(0)
+    small_bands(elements)
+    weight = torch.randn(8, 1, 3, 3)
+    x = torch.randn(2, 17 * 13, 8, requires_grad=True)
+    conv = _conv_layer(weight, 1, [])
+    expected = conv(x, x, (17, 13), slice(0, 17)).transpose(1, 2)
+    out = map_row_bands(conv, x, (17, 13), hidden_dim=4, halo=1, tokens_last=True)
+    assert out.is_contiguous() and out.shape == (2, 8, 17 * 13)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)  # halo rows' sums in another order
+
+
 def test_map_row_bands_runs_whole_maps_off_the_cpu(small_bands):
     small_bands(1)
     calls = []

@@ -94,10 +94,8 @@ class ConvClustering(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         # local (7x7 receptive field): band by band on CPUs, only the logits allocated at full size
         halo = self.spatial_mix.kernel_size[0] // 2
-        logits = map_row_bands(
-            lambda _, context, band, rows: self.token_logits(context, band, rows), x, hw, x.shape[-1], halo
-        )
-        return logits.transpose(1, 2)
+        band_logits = lambda _, context, band, rows: self.token_logits(context, band, rows)  # noqa: E731
+        return map_row_bands(band_logits, x, hw, x.shape[-1], halo, tokens_last=True)  # (B, M, N)
 
     def token_logits(self, x: torch.Tensor, hw: tuple[int, int], rows: slice) -> torch.Tensor:
         """Logits (B, n, M) of the tokens in ``rows`` of x (B, N, C), tokens of an H x W map (the rows
@@ -122,7 +120,8 @@ class MlpClustering(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
         hidden = self.fc.out_features
-        return map_row_bands(lambda t, *_: self.to_clusters(self.act(self.fc(t))), x, hw, hidden).transpose(1, 2)
+        band_logits = lambda tokens, *_: self.to_clusters(self.act(self.fc(tokens)))  # noqa: E731
+        return map_row_bands(band_logits, x, hw, hidden, tokens_last=True)  # (B, M, N)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def map_row_bands(
     hidden_dim: int,
     halo: int = 0,
     rowwise: Optional[RowwiseFn] = None,
+    tokens_last: bool = False,
 ) -> torch.Tensor:
     """A token-local layer on tokens x (B, H*W, C) of an H x W grid, run band by band on CPUs.
 
@@ -64,22 +65,25 @@ def map_row_bands(
         hidden_dim: the widest intermediate per token (channels), which sets the band height.
         halo: rows of context each output row needs on either side.
         rowwise: the row-wise part, see above.
+        tokens_last: return the output as a contiguous (B, C', H*W) tensor instead of (B, H*W, C'), each
+            band written into it as it is done (one full-size allocation, not two).
     """
     height, width = hw
     rows = band_height(x, hw, hidden_dim, halo)
     if rows is None:
         kept, context = rowwise(x, hw) if rowwise is not None else (x, x)
-        return local(kept, context, hw, slice(0, height))
+        out = local(kept, context, hw, slice(0, height))
+        return out.transpose(1, 2).contiguous() if tokens_last else out
     grid = x.unflatten(1, (height, width))
     bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
-    outs = []
+    outs = _BandOutputs(height * width, tokens_last)
     if rowwise is None:
         for top, bottom in bands:
             first, last = max(top - halo, 0), min(bottom + halo, height)
             context = grid[:, first:last].flatten(1, 2)
             kept = context[:, (top - first) * width : (bottom - first) * width]
             outs.append(local(kept, context, (last - first, width), slice(top - first, bottom - first)))
-        return torch.cat(outs, dim=1)
+        return outs.result()
     # the row-wise outputs of band i + 1, of band i and the last halo rows of band i - 1 are alive at a time
     above: Optional[torch.Tensor] = None
     upcoming = rowwise(grid[:, : bands[0][1]].flatten(1, 2), (bands[0][1], width))
@@ -97,4 +101,27 @@ def map_row_bands(
         context_hw = (band_context.shape[1], width)
         outs.append(local(kept, band_context.flatten(1, 2), context_hw, slice(start, start + bottom - top)))
         above = own[:, -halo:] if halo else None
-    return torch.cat(outs, dim=1)
+    return outs.result()
+
+
+class _BandOutputs:
+    """The bands' outputs (B, n, C'), top to bottom: concatenated to (B, N, C') at the end, or written into a
+    (B, C', N) tensor as they come (``tokens_last``)."""
+
+    def __init__(self, num_tokens: int, tokens_last: bool) -> None:
+        self.num_tokens, self.tokens_last = num_tokens, tokens_last
+        self.bands: list[torch.Tensor] = []
+        self.out: Optional[torch.Tensor] = None
+        self.filled = 0
+
+    def append(self, band: torch.Tensor) -> None:
+        if not self.tokens_last:
+            self.bands.append(band)
+            return
+        if self.out is None:
+            self.out = band.new_empty(band.shape[0], band.shape[2], self.num_tokens)
+        self.out[:, :, self.filled : self.filled + band.shape[1]] = band.transpose(1, 2)
+        self.filled += band.shape[1]
+
+    def result(self) -> torch.Tensor:
+        return self.out if self.tokens_last else torch.cat(self.bands, dim=1)
