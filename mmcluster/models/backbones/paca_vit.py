@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..conversion import FamilyConverter, RuleTable, register_converter
 from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, SoftAssignment, map_row_bands, pool_clusters
+from ..layers.row_bands import band_height
 from .base import (
     BackboneContract,
     HierarchicalViT,
@@ -227,20 +228,24 @@ class PaCaBlock(nn.Module):
         # FFN's first linear layer, whose output the FFN's 3x3 conv sees one row up and down. So on CPUs it
         # runs band by band, the row-wise part once per row, each band's intermediates in the cache and only
         # the block output allocated at full size (map_row_bands).
-        keys, values, assignment = self.attn.keys_values(self.norm1(x), hw, assignment)
+        normed: Optional[torch.Tensor] = self.norm1(x)
+        keys, values, assignment = self.attn.keys_values(normed, hw, assignment)
+        hidden_dim = self.mlp.fc1.out_features
+        if band_height(x, hw, hidden_dim, halo=1) is not None:
+            normed = None  # banded: each band normalises its own rows again, and the full map is freed
         attn_scale = mlp_scale = None
         if self.training and isinstance(self.drop_path, DropPath):
             # DropPath keeps or drops each sample's branch: drawn once for the whole map, not per band
             attn_scale, mlp_scale = (self.drop_path(x.new_ones(x.shape[0], 1, 1)) for _ in range(2))
 
         def rowwise(tokens: torch.Tensor, _: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-            tokens = _residual(tokens, self.attn.attend(self.norm1(tokens), keys, values), attn_scale)
+            queries = normed if normed is not None else self.norm1(tokens)
+            tokens = _residual(tokens, self.attn.attend(queries, keys, values), attn_scale)
             return tokens, self.mlp.fc1(self.norm2(tokens))
 
         def local(tokens: torch.Tensor, hidden: torch.Tensor, band: tuple[int, int], rows: slice) -> torch.Tensor:
             return _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)
 
-        hidden_dim = self.mlp.fc1.out_features
         return map_row_bands(local, x, hw, hidden_dim, halo=1, rowwise=rowwise), assignment
 
 
