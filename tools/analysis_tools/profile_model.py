@@ -3,15 +3,23 @@ config or timm:NAME (the names of benchmark.py).
 
     python tools/analysis_tools/profile_model.py paca-small --shape 800x1280 --threads 2
     python tools/analysis_tools/profile_model.py swin-t --shape 800x1280 --threads 2 --by-shape --top 30
+    # and the time of each stage (submodule names as in model.named_modules())
+    python tools/analysis_tools/profile_model.py paca-small --shape 1600x2560 --threads 2 \
+        --modules patch_embed stages.0 stages.1 stages.2 stages.3
 
 The model runs --warmup untimed passes without gradients, then one profiled pass. The table lists the
 operators by self time (time inside the operator, not its callees), with their share of the pass, the
-number of calls and, with --by-shape, one row per input shape. Weights are random.
+number of calls and, with --by-shape, one row per input shape. With --modules, --passes more passes
+without the profiler time the named submodules (wall clock from their forward's start to its end, summed
+over their calls in a pass) and the whole pass; a second table gives the medians. Weights are random.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections import defaultdict
 
 import torch
 
@@ -35,6 +43,48 @@ def operator_table(events, top: int) -> str:
     return '\n'.join(lines)
 
 
+def module_times(forward, model: torch.nn.Module, images: torch.Tensor, names: list[str], passes: int) -> str:
+    """A markdown table of the median wall time per pass of the submodules ``names`` over ``passes`` passes,
+    next to that of the whole pass (no gradients)."""
+    modules = dict(model.named_modules())
+    per_pass: dict[str, list[float]] = defaultdict(lambda: [0.0] * passes)
+    calls: dict[str, int] = defaultdict(int)
+    started: dict[str, float] = {}
+    current = 0
+
+    def hooks(name):
+        def before(*_):
+            started[name] = time.perf_counter()
+
+        def after(*_):
+            per_pass[name][current] += time.perf_counter() - started[name]
+            calls[name] += 1
+
+        return before, after
+
+    handles = []
+    for name in names:
+        before, after = hooks(name)
+        handles += [modules[name].register_forward_pre_hook(before), modules[name].register_forward_hook(after)]
+    totals = []
+    try:
+        with torch.no_grad():
+            for current in range(passes):
+                start = time.perf_counter()
+                forward(images)
+                totals.append(time.perf_counter() - start)
+    finally:
+        for handle in handles:
+            handle.remove()
+    total = statistics.median(totals)
+    lines = ['| module | calls per pass | median (ms) | share of the pass |', '| --- | --- | --- | --- |']
+    for name in names:
+        median = statistics.median(per_pass[name])
+        lines.append(f'| `{name}` | {calls[name] // passes} | {1000 * median:.1f} | {100 * median / total:.1f}% |')
+    lines.append(f'| whole pass | 1 | {1000 * total:.1f} | 100% |')
+    return '\n'.join(lines)
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', help='a preset backbone, a config file or timm:NAME')
@@ -45,12 +95,15 @@ def main(argv=None) -> str:
     parser.add_argument('--top', type=int, default=20, help='rows of the table')
     parser.add_argument('--by-shape', action='store_true', help='one row per operator and input shape')
     parser.add_argument('--backbone-only', action='store_true', help='with config files: only the backbone')
+    parser.add_argument('--modules', nargs='+', metavar='NAME', default=[], help='also time these submodules')
+    parser.add_argument('--passes', type=int, default=5, help='timed passes with --modules')
     args = parser.parse_args(argv)
     for option, value, minimum in (
         ('--batch-size', args.batch_size, 1),
         ('--warmup', args.warmup, 0),
         ('--top', args.top, 1),
         ('--threads', args.threads or 1, 1),
+        ('--passes', args.passes, 1),
     ):
         if value < minimum:
             parser.error(f'{option} must be >= {minimum}, got {value}')
@@ -61,6 +114,9 @@ def main(argv=None) -> str:
     except (ValueError, KeyError, FileNotFoundError) as error:
         parser.error(f'{args.model}: {error}')
     model.eval()
+    unknown = [name for name in args.modules if name not in dict(model.named_modules())]
+    if unknown:
+        parser.error(f'--modules: {args.model} has no submodule {", ".join(map(repr, unknown))}')
     forward = tensor_forward(model, kind) if kind in ('mmdet', 'mmseg') else model
     images = torch.randn(args.batch_size, 3, *args.shape)
     from torch.profiler import ProfilerActivity, profile
@@ -77,6 +133,10 @@ def main(argv=None) -> str:
         f'{torch.get_num_threads()} threads'
     )
     print(table)
+    if args.modules:
+        times = module_times(forward, model, images, args.modules, args.passes)
+        print(times)
+        table = f'{table}\n\n{times}'
     return table
 
 

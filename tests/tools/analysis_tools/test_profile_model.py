@@ -27,9 +27,28 @@ def test_operator_table_of_a_backbone(capsys):
     assert 'paca-tiny, 64x96, batch 1' in capsys.readouterr().out
 
 
+def test_module_times(capsys):
+    """--modules: the named stages' medians, each a share of the whole pass, together at most the pass."""
+    tool = load_tool('tools/analysis_tools/profile_model.py')
+    names = ['patch_embed', 'stages.0', 'stages.3']
+    output = tool.main(
+        ['paca-tiny', '--shape', '64x96', '--threads', '1', '--warmup', '0', '--modules', *names, '--passes', '2']
+    )
+    rows = output.split('\n\n')[1].splitlines()
+    assert rows[0] == '| module | calls per pass | median (ms) | share of the pass |'
+    assert [row.split('|')[1].strip() for row in rows[2:-1]] == [f'`{name}`' for name in names]
+    assert all(row.split('|')[2].strip() == '1' for row in rows[2:-1])
+    times = [float(row.split('|')[3]) for row in rows[2:]]
+    assert all(t > 0 for t in times) and sum(times[:-1]) <= times[-1]
+
+
 def test_bad_arguments(capsys):
     tool = load_tool('tools/analysis_tools/profile_model.py')
-    for argv, message in ((['nope'], "unknown model 'nope'"), (['paca-tiny', '--top', '0'], '--top must be >= 1')):
+    for argv, message in (
+        (['nope'], "unknown model 'nope'"),
+        (['paca-tiny', '--top', '0'], '--top must be >= 1'),
+        (['paca-tiny', '--modules', 'stages.0', 'stage.9'], "paca-tiny has no submodule 'stage.9'"),
+    ):
         with pytest.raises(SystemExit):
             tool.main(argv)
         assert message in capsys.readouterr().err
