@@ -711,6 +711,18 @@ def _result(
     return row
 
 
+def _timed_pass(bench: Bench) -> tuple[float, int]:
+    """One timed pass of ``bench``: its milliseconds and, on GPUs, the largest rise of allocated memory
+    above the pass's start (bytes; 0 on CPUs, whose memory is measured in a profiled pass)."""
+    if not bench.device.startswith('cuda'):
+        return _time_once(bench.step, bench.device), 0
+    torch.cuda.synchronize(bench.device)
+    start = torch.cuda.memory_allocated(bench.device)
+    torch.cuda.reset_peak_memory_stats(bench.device)
+    elapsed_ms = _time_once(bench.step, bench.device)
+    return elapsed_ms, torch.cuda.max_memory_allocated(bench.device) - start
+
+
 def measure_bench(bench: Bench, warmup: int, iters: int, gemm_gflops: Optional[float] = None) -> Measurement:
     """Time ``bench`` alone: ``warmup`` untimed passes (at least its ``warmup_min``), ``iters`` timed ones,
     then its memory (on CPUs in one more, profiled pass). With ``gemm_gflops`` (:func:`gemm_rate`) the
@@ -727,13 +739,11 @@ def measure_bench(bench: Bench, warmup: int, iters: int, gemm_gflops: Optional[f
     if cuda:
         torch.cuda.synchronize(bench.device)
         start = torch.cuda.memory_allocated(bench.device)
-        torch.cuda.reset_peak_memory_stats(bench.device)
     rss_reset = not cuda and _reset_peak_rss()
     with _no_recompiling([bench]):
-        times = [_time_once(bench.step, bench.device) for _ in range(iters)]
+        times, rises = zip(*(_timed_pass(bench) for _ in range(iters)))
         if cuda:
-            peak_bytes = torch.cuda.max_memory_allocated(bench.device)
-            peak, rise, peak_rss = peak_bytes / 2**20, (peak_bytes - start) / 2**20, None
+            peak, rise, peak_rss = (start + max(rises)) / 2**20, max(rises) / 2**20, None
         else:
             peak_rss = _read_peak_rss_mib() if rss_reset else None
             peak, rise = _cpu_memory(bench)
@@ -763,14 +773,9 @@ def measure_interleaved(
     with _no_recompiling(benches):
         for _ in range(iters):
             for index, bench in enumerate(benches):
-                cuda = bench.device.startswith('cuda')
-                if cuda:
-                    torch.cuda.synchronize(bench.device)
-                    start = torch.cuda.memory_allocated(bench.device)
-                    torch.cuda.reset_peak_memory_stats(bench.device)
-                times[index].append(_time_once(bench.step, bench.device))
-                if cuda:
-                    cuda_rise[index] = max(cuda_rise[index], torch.cuda.max_memory_allocated(bench.device) - start)
+                elapsed_ms, rise_bytes = _timed_pass(bench)
+                times[index].append(elapsed_ms)
+                cuda_rise[index] = max(cuda_rise[index], rise_bytes)
         rows = []
         for bench, bench_times, rise_bytes in zip(benches, times, cuda_rise):
             if bench.device.startswith('cuda'):
