@@ -96,9 +96,8 @@ class ResizableWindowAttention(BaseModule):
             grid = table.t().reshape(1, self.num_heads, span, span)
             table = F.interpolate(grid, size=(2 * window - 1,) * 2, mode='bilinear', align_corners=False)
             table = table.reshape(self.num_heads, -1).t()
-            if (
-                torch.compiler.is_compiling()
-            ):  # a constant of the graph: filling the cache would make the next call recompile
+            # compiled, the index is a constant of the graph: filling the cache would make the next call recompile
+            if torch.compiler.is_compiling():
                 index = relative_position_index(window).to(table.device)
             else:
                 index = self._indices.get(window)

@@ -38,8 +38,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from ..conversion import FamilyConverter, RuleTable, register_converter
-from ..layers import BlurConv2d, ConvDownsample, DWConvFFN, SoftAssignment, map_row_bands, pool_clusters
-from ..layers.row_bands import band_height
+from ..layers import (
+    BlurConv2d,
+    ConvDownsample,
+    DWConvFFN,
+    SoftAssignment,
+    band_height,
+    map_row_bands,
+    pool_clusters,
+)
 from .base import (
     BackboneContract,
     HierarchicalViT,

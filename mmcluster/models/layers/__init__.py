@@ -13,7 +13,7 @@ from .equitable_clustering import (
 )
 from .ffn import DWConvFFN
 from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
-from .row_bands import map_row_bands
+from .row_bands import band_height, map_row_bands
 from .seca import LCE_KERNEL_SIZE, SECAttention
 from .token_clustering import (
     FullResolutionSwitch,
@@ -26,11 +26,11 @@ from .token_clustering import (
 )
 
 __all__ = [
-    'FullResolutionSwitch',
     'BlurConv2d',
     'ConvDownsample',
     'DWConvFFN',
     'EquitableLayout',
+    'FullResolutionSwitch',
     'LCE_KERNEL_SIZE',
     'RoPE2d',
     'SECAttention',
@@ -40,6 +40,7 @@ __all__ = [
     'TokenClusters',
     'TokenReconstruction',
     'apply_rope',
+    'band_height',
     'cluster_ids',
     'cluster_tokens',
     'equitable_cluster_attention',
