@@ -9,7 +9,7 @@ from einops import rearrange
 
 import mmcluster.models.layers.row_bands as row_bands
 from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
-from mmcluster.models.layers import DWConvFFN, map_row_bands
+from mmcluster.models.layers import DWConvFFN, contiguous_nchw, conv_rows, map_row_bands, pool_clusters
 
 
 @pytest.fixture
@@ -120,6 +120,68 @@ def test_dwconv_ffn_bands_with_gradients(small_bands):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kernel_size', [3, 7])
+def test_conv_rows_computes_only_the_rows_asked_for(kernel_size):
+    """conv_rows equals the whole conv's output sliced to the rows, for every slice of a 9-row map: interior
+    ones (no padding rows) and ones at the top, the bottom or both borders (the conv's zero padding)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, kernel_size, padding=kernel_size // 2, groups=6)
+    x = torch.randn(2, 6, 9, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = conv(x)
+        for start in range(9):
+            for stop in range(start + 1, 10):
+                out = conv_rows(conv, x, slice(start, stop))
+                torch.testing.assert_close(out, expected[:, :, start:stop], rtol=1e-6, atol=1e-6)
+
+
+def test_contiguous_nchw_copies_channels_last_maps_band_by_band(small_bands):
+    small_bands(8 * 3 * 7 * 5)  # one row per band (the copy's bands hold an eighth of BAND_ELEMENTS)
+    x = torch.randn(3, 5, 11, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = contiguous_nchw(x)
+    assert out.is_contiguous() and torch.equal(out, x.detach())
+    weight = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * weight).sum(), x)
+    assert torch.equal(grad, weight)
+    plain = torch.randn(1, 2, 3, 4)
+    assert contiguous_nchw(plain) is plain
+
+
+def test_pool_clusters_normalises_chunk_by_chunk(small_bands):
+    """With ``norm``, the pooling of the normalised tokens in chunks of tokens equals the pooling of the whole
+    normalised map: in fp32, in the tokens' dtype for a half model, and in fp32 under autocast."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(8)
+    tokens = torch.randn(2, 95, 8)
+    assignment = torch.randn(2, 5, 95).softmax(-1)
+    with torch.no_grad():
+        expected = assignment @ norm(tokens)
+        small_bands(2 * 8 * 10)  # chunks of 10 tokens, the last one shorter
+        torch.testing.assert_close(pool_clusters(assignment, tokens, norm), expected, rtol=1e-6, atol=1e-6)
+        half = pool_clusters(assignment, tokens.bfloat16(), norm.bfloat16())
+        assert half.dtype == torch.bfloat16
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            pooled = pool_clusters(assignment, tokens, norm.float())
+        assert pooled.dtype == torch.float32
+        torch.testing.assert_close(pooled, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_dwconv_ffn_folds_its_shortcut_into_the_conv_in_fp32(dtype):
+    """h + DWConv(h) as one conv with 1 added at the kernels' centres, in fp32: the same values as the conv and
+    the add. In lower precision the shortcut stays an add (centre weight + 1 would lose the weight's bits)."""
+    torch.manual_seed(0)
+    ffn = DWConvFFN(8, 16).to(dtype)
+    hidden = torch.randn(2, 7 * 5, 16, dtype=dtype)
+    spatial = rearrange(hidden, 'b (h w) c -> b c h w', h=7)
+    expected = ffn.fc2(ffn.act(rearrange(spatial + ffn.dwconv(spatial), 'b c h w -> b (h w) c')))
+    with torch.no_grad():
+        out = ffn.mix(hidden, (7, 5), slice(0, 7))
+    exact = dtype == torch.bfloat16  # the same ops in the same order
+    torch.testing.assert_close(out, expected, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-6)
+    assert ffn.identity_kernel()[:, 0].sum((-1, -2)).eq(1).all() and ffn.identity_kernel()[:, 0, 1, 1].eq(1).all()
+
+
 def test_fused_linear_equals_the_separate_layers():
     torch.manual_seed(0)
     layers = [torch.nn.Linear(12, 12) for _ in range(3)]
@@ -159,7 +221,9 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
             )
             heads = F.scaled_dot_product_attention(q, k, v)
             tokens = tokens + attn.proj(rearrange(heads, 'b h n d -> b n (h d)'))
-            tokens = tokens + block.mlp.forward_map(block.norm2(tokens), hw)
+            hidden = rearrange(block.mlp.fc1(block.norm2(tokens)), 'b (h w) c -> b c h w', h=hw[0]).contiguous()
+            hidden = rearrange(hidden + block.mlp.dwconv(hidden), 'b c h w -> b (h w) c')
+            tokens = tokens + block.mlp.fc2(block.mlp.act(hidden))
         x = rearrange(stage.norm(tokens), 'b (h w) c -> b c h w', h=hw[0]).contiguous()
         outs.append(x)
     return outs

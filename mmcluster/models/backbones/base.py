@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..layers import contiguous_nchw
+
 GLOBAL_POOLS = ('avg', '')
 
 
@@ -330,8 +332,8 @@ class BackboneContract:
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = self.forward_stages(x, max(self.out_indices) + 1)
         # Contiguous NCHW, not a channels-last view: mmcv 2.1.0's compiled RoIAlign reads channels-last
-        # input as if it were NCHW (wrong RoI features).
-        return [outs[i].contiguous() for i in self.out_indices]
+        # input as if it were NCHW (wrong RoI features). Copied band by band on CPUs (contiguous_nchw).
+        return [contiguous_nchw(outs[i]) for i in self.out_indices]
 
     # -- training mode ------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from ..layers import (
     DWConvFFN,
     SoftAssignment,
     band_height,
+    conv_rows,
     map_row_bands,
     pool_clusters,
 )
@@ -84,7 +85,8 @@ CLUSTERING_KERNEL_SIZE = 7
 
 # ---------------------------------------------------------------------------------------------------
 # Onsite clustering modules (Sec. 3.2.1). Each maps normalised tokens (B, N, C) on an H x W grid to
-# assignment logits (B, M, N); the softmax over N (Eqns. 5, 6) is taken by PatchToClusterAttention.
+# assignment logits (B, M, N); the softmax over N (Eqns. 5, 6) is taken by PatchToClusterAttention. Given the
+# block's LayerNorm as ``norm``, they take the block's input tokens instead and normalise them band by band.
 # The output layer is named `to_clusters` in every clustering type, so one optimizer rule (and one
 # re-initialisation rule when a downstream task changes M) covers all of them.
 
@@ -99,17 +101,18 @@ class ConvClustering(nn.Module):
         self.act = nn.GELU()
         self.to_clusters = nn.Conv2d(dim, num_clusters, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
         # local (7x7 receptive field): band by band on CPUs, only the logits allocated at full size
         halo = self.spatial_mix.kernel_size[0] // 2
         band_logits = lambda _, context, band, rows: self.token_logits(context, band, rows)  # noqa: E731
-        return map_row_bands(band_logits, x, hw, x.shape[-1], halo, tokens_last=True)  # (B, M, N)
+        normalise = None if norm is None else lambda tokens, _: (tokens, norm(tokens))  # noqa: E731 (once per row)
+        return map_row_bands(band_logits, x, hw, x.shape[-1], halo, normalise, tokens_last=True)  # (B, M, N)
 
     def token_logits(self, x: torch.Tensor, hw: tuple[int, int], rows: slice) -> torch.Tensor:
         """Logits (B, n, M) of the tokens in ``rows`` of x (B, N, C), tokens of an H x W map (the rows
         around them are the depth-wise conv's context)."""
         spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])  # a channels-last view
-        x = rearrange(self.act(self.spatial_mix(spatial)[:, :, rows]), 'b c h w -> b (h w) c')
+        x = rearrange(self.act(conv_rows(self.spatial_mix, spatial, rows)), 'b c h w -> b (h w) c')
         # the 1x1 convs as the GEMMs on tokens that they are (same weights)
         x = self.act(F.linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
         return F.linear(x, self.to_clusters.weight.flatten(1))
@@ -125,10 +128,11 @@ class MlpClustering(nn.Module):
         self.act = nn.GELU()
         self.to_clusters = nn.Linear(hidden, num_clusters)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
         # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
         hidden = self.fc.out_features
-        band_logits = lambda tokens, *_: self.to_clusters(self.act(self.fc(tokens)))  # noqa: E731
+        normalise = nn.Identity() if norm is None else norm
+        band_logits = lambda tokens, *_: self.to_clusters(self.act(self.fc(normalise(tokens))))  # noqa: E731
         return map_row_bands(band_logits, x, hw, hidden, tokens_last=True)  # (B, M, N)
 
 
@@ -184,19 +188,25 @@ class PatchToClusterAttention(nn.Module):
         return map_row_bands(lambda tokens, *_: self.attend(tokens, keys, values), x, hw, 4 * x.shape[-1]), assignment
 
     def keys_values(
-        self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        assignment: Optional[torch.Tensor] = None,
+        norm: Optional[nn.Module] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Keys and values (B, heads, M, C / heads) of the cluster tokens of x (B, N, C), or of its N tokens
         with full self-attention, and the assignment (B, M, N): computed here in a clustering block, else the
-        one passed in (an earlier block's or the teacher's)."""
+        one passed in (an earlier block's or the teacher's). x is normalised, or is the block's input and
+        ``norm`` its LayerNorm: then the clustering and the pooling normalise x band by band on CPUs, and no
+        normalised copy of the whole map is made."""
         if self.num_clusters == 0:
-            context = x
+            context = x if norm is None else norm(x)
         else:
             if self.clustering is not None:
-                assignment = self.assign(self.clustering(x, hw))
+                assignment = self.assign(self.clustering(x, hw, norm))
             elif assignment is None:
                 raise RuntimeError('this block reuses a cluster assignment but none was passed in')
-            context = self.cluster_norm(pool_clusters(assignment, x))  # Z_{M,C}, Eqn. 2
+            context = self.cluster_norm(pool_clusters(assignment, x, norm))  # Z_{M,C}, Eqn. 2
         keys, values = (self._split_heads(t) for t in fused_linear(context, (self.k, self.v)))
         return keys, values, assignment
 
@@ -234,12 +244,15 @@ class PaCaBlock(nn.Module):
         # Only the keys and values need the whole map. The rest of the block is local: row-wise up to the
         # FFN's first linear layer, whose output the FFN's 3x3 conv sees one row up and down. So on CPUs it
         # runs band by band, the row-wise part once per row, each band's intermediates in the cache and only
-        # the block output allocated at full size (map_row_bands).
-        normed: Optional[torch.Tensor] = self.norm1(x)
-        keys, values, assignment = self.attn.keys_values(normed, hw, assignment)
+        # the block output allocated at full size (map_row_bands). The clustering, the pooling and each band
+        # of queries then normalise their own rows, and LN(x) is never stored whole.
         hidden_dim = self.mlp.fc1.out_features
-        if band_height(x, hw, hidden_dim, halo=1) is not None:
-            normed = None  # banded: each band normalises its own rows again, and the full map is freed
+        normed: Optional[torch.Tensor] = None
+        if band_height(x, hw, hidden_dim, halo=1) is None:
+            normed = self.norm1(x)
+            keys, values, assignment = self.attn.keys_values(normed, hw, assignment)
+        else:
+            keys, values, assignment = self.attn.keys_values(x, hw, assignment, norm=self.norm1)
         attn_scale = mlp_scale = None
         if self.training and isinstance(self.drop_path, DropPath):
             # DropPath keeps or drops each sample's branch: drawn once for the whole map, not per band

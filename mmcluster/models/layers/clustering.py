@@ -1,7 +1,11 @@
 """Soft cluster assignment and cluster pooling, shared by the clustering attention layers and heads."""
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn as nn
+
+from .row_bands import token_chunk
 
 
 def soft_assignment(logits: torch.Tensor) -> torch.Tensor:
@@ -23,7 +27,9 @@ class SoftAssignment(nn.Module):
         return soft_assignment(logits)
 
 
-def pool_clusters(assignment: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def pool_clusters(
+    assignment: torch.Tensor, tokens: torch.Tensor, norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+) -> torch.Tensor:
     """Cluster tokens ``C^T X``: (B, M, N) assignment times (B, N, C) tokens -> (B, M, C), in fp32.
 
     The product runs outside autocast with both operands in fp32: autocast would cast a soft assignment
@@ -31,7 +37,18 @@ def pool_clusters(assignment: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     97% at 1024x1024) and the cluster tokens lose most of their mass. The result is returned in fp32 under
     autocast, where the following LayerNorm or Linear casts it as autocast's rules say, and in the tokens'
     dtype otherwise (a model converted with ``.half()``).
+
+    With ``norm`` (a token-wise layer such as a block's LayerNorm) the pooled tokens are ``norm(tokens)``. On
+    CPUs they are then normalised and pooled chunk by chunk of tokens, each chunk's normalised tokens in the
+    cache, the chunks' products summed; no normalised copy of the whole map is made.
     """
+    chunk = None if norm is None else token_chunk(tokens, tokens.shape[2])
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        pooled = torch.matmul(assignment.float(), tokens.float())
+        if chunk is None:
+            pooled = torch.matmul(assignment.float(), (tokens if norm is None else norm(tokens)).float())
+        else:
+            pooled = torch.zeros(*assignment.shape[:2], tokens.shape[2], device=tokens.device)
+            for start in range(0, tokens.shape[1], chunk):
+                part = norm(tokens[:, start : start + chunk]).float()
+                pooled.baddbmm_(assignment[:, :, start : start + chunk].float(), part)
     return pooled if torch.is_autocast_enabled(tokens.device.type) else pooled.to(tokens.dtype)
