@@ -182,6 +182,28 @@ def test_dwconv_ffn_folds_its_shortcut_into_the_conv_in_fp32(dtype):
     assert ffn.identity_kernel()[:, 0].sum((-1, -2)).eq(1).all() and ffn.identity_kernel()[:, 0, 1, 1].eq(1).all()
 
 
+@pytest.mark.skipif(row_bands._FUSED_CONV is None, reason='this torch build has no oneDNN fused convolution')
+@pytest.mark.parametrize('kernel_size', [3, 7])
+def test_conv_rows_fuses_the_gelu_in_inference(monkeypatch, kernel_size):
+    """On the CPU, in fp32 inference, conv_rows runs conv + exact GELU as one oneDNN op: the same values as the
+    conv and then F.gelu, for a batch of 2 (bands of a batch are strided views) at the borders and inside."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, kernel_size, padding=kernel_size // 2, groups=6)
+    act = torch.nn.GELU()
+    x = torch.randn(2, 6, 11, 5).contiguous(memory_format=torch.channels_last)
+    calls = []
+    fused = row_bands._FUSED_CONV
+    monkeypatch.setattr(row_bands, '_FUSED_CONV', lambda *args: calls.append(args[-3]) or fused(*args))
+    with torch.no_grad():
+        expected = act(conv(x))
+        for rows in (slice(0, 4), slice(4, 7), slice(7, 11), slice(0, 11)):
+            out = conv_rows(conv, x, rows, act=act)
+            torch.testing.assert_close(out, expected[:, :, rows], rtol=1e-6, atol=1e-6)
+    assert calls == ['gelu'] * 4
+    out = conv_rows(conv, x.requires_grad_(), slice(4, 7), act=act)  # with gradients: conv, then GELU
+    assert len(calls) == 4 and out.grad_fn is not None
+
+
 def test_fused_linear_equals_the_separate_layers():
     torch.manual_seed(0)
     layers = [torch.nn.Linear(12, 12) for _ in range(3)]

@@ -112,7 +112,7 @@ class ConvClustering(nn.Module):
         """Logits (B, n, M) of the tokens in ``rows`` of x (B, N, C), tokens of an H x W map (the rows
         around them are the depth-wise conv's context)."""
         spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])  # a channels-last view
-        x = rearrange(self.act(conv_rows(self.spatial_mix, spatial, rows)), 'b c h w -> b (h w) c')
+        x = rearrange(conv_rows(self.spatial_mix, spatial, rows, act=self.act), 'b c h w -> b (h w) c')
         # the 1x1 convs as the GEMMs on tokens that they are (same weights)
         x = self.act(F.linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
         return F.linear(x, self.to_clusters.weight.flatten(1))

@@ -51,7 +51,7 @@ class DWConvFFN(nn.Module):
             # instead of two (same function; the sums are rounded in another order). Not in lower precision,
             # where the centre weight + 1 would be rounded to fewer bits of the weight.
             weight = self.dwconv.weight + self.identity_kernel()
-            mixed = conv_rows(self.dwconv, spatial, rows, weight)
+            mixed = conv_rows(self.dwconv, spatial, rows, weight, self.act)  # the GELU fused on CPUs
         else:
-            mixed = spatial[:, :, rows] + conv_rows(self.dwconv, spatial, rows)
-        return self.fc2(self.act(rearrange(mixed, 'b c h w -> b (h w) c')))
+            mixed = self.act(spatial[:, :, rows] + conv_rows(self.dwconv, spatial, rows))
+        return self.fc2(rearrange(mixed, 'b c h w -> b (h w) c'))
