@@ -160,7 +160,9 @@ def _conv_act(
 
 
 # torch's fused convolution + activation on oneDNN; absent from builds without oneDNN (then conv, then act)
-_FUSED_CONV = torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+_FUSED_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
+if not torch.backends.mkldnn.is_available():
+    _FUSED_CONV = None
 
 
 def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
