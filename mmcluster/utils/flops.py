@@ -37,7 +37,18 @@ def _torchprofile_conv_flop(
     return 2 * math.prod(out_shape) * math.prod(w_shape[1:])
 
 
-EXTRA_FLOP_FORMULAS: dict[Any, Any] = {}
+def _fused_conv_flop(x_shape, w_shape, bias, padding, stride, dilation, groups, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's convolution with a fused activation (mmcluster's depth-wise convs + GELU in CPU inference,
+    :func:`~mmcluster.models.layers.row_bands.conv_rows`): the convolution's count."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+# torch's FLOP counter has no formula for oneDNN's fused convolution op
+FUSED_CONV_FLOP_FORMULAS: dict[Any, Any] = {}
+if hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
+    FUSED_CONV_FLOP_FORMULAS[torch.ops.mkldnn._convolution_pointwise] = _fused_conv_flop
+
+EXTRA_FLOP_FORMULAS: dict[Any, Any] = dict(FUSED_CONV_FLOP_FORMULAS)
 if hasattr(aten, '_scaled_dot_product_flash_attention_for_cpu'):
     EXTRA_FLOP_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_sdpa_flop
 CONVENTIONS = ('macs', 'torchprofile')
