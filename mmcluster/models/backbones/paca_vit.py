@@ -131,8 +131,8 @@ class MlpClustering(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
         # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
         hidden = self.fc.out_features
-        normalise = nn.Identity() if norm is None else norm
-        band_logits = lambda tokens, *_: self.to_clusters(self.act(self.fc(normalise(tokens))))  # noqa: E731
+        normalised = lambda tokens: tokens if norm is None else norm(tokens)  # noqa: E731
+        band_logits = lambda tokens, *_: self.to_clusters(self.act(self.fc(normalised(tokens))))  # noqa: E731
         return map_row_bands(band_logits, x, hw, hidden, tokens_last=True)  # (B, M, N)
 
 
