@@ -26,7 +26,7 @@ from mmengine.runner import Runner
 
 import mmcluster  # noqa: F401  (registers models, makes checkpoint loading safe)
 from mmcluster.utils.checkpoint import CheckpointError, check_checkpoint_fits
-from mmcluster.utils.launch import load_run_config, setup_cpu_distributed
+from mmcluster.utils.launch import destroy_process_group, load_run_config, setup_cpu_distributed
 
 
 class StrictCheckpointHook(Hook):
@@ -84,6 +84,7 @@ def main(argv=None) -> None:
     runner = Runner.from_cfg(cfg)
     runner.register_hook(StrictCheckpointHook(args.checkpoint), priority='LOWEST')
     metrics = runner.test()
+    destroy_process_group()
     print('metrics:', json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
 
 

@@ -25,7 +25,14 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmcluster  # noqa: F401  (registers models, makes checkpoint loading safe)
-from mmcluster.utils.launch import AMP_DTYPES, enable_amp, load_run_config, resolve_auto_resume, setup_cpu_distributed
+from mmcluster.utils.launch import (
+    AMP_DTYPES,
+    destroy_process_group,
+    enable_amp,
+    load_run_config,
+    resolve_auto_resume,
+    setup_cpu_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,6 +105,7 @@ def main(argv=None) -> None:
     if note:
         runner.logger.warning(note)
     runner.train()
+    destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -93,6 +93,15 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     return True
 
 
+def destroy_process_group() -> None:
+    """Destroy the default process group, if any, once a run has ended (mmengine 0.10.7 leaves it to the
+    interpreter's exit). torch asks for this before exit; without it the backend's threads are torn down
+    by static destructors at exit, where a two-process gloo run aborted once at its end ("terminate called
+    without an active exception") after its work was done."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def replace_norm_type(node: Any, old: str, new: str) -> int:
     """Replace ``type=old`` by ``type=new`` in every norm config dict inside ``node``; returns the count."""
     count = 0
