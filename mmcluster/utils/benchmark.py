@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import os.path
 import statistics
 import time
@@ -368,6 +369,30 @@ def gemm_rate(device: str = 'cpu', size: int = 2048, repeats: int = 5) -> float:
     torch.mm(a, b)
     median_ms = statistics.median(_time_once(lambda: torch.mm(a, b), device) for _ in range(repeats))
     return 2 * size**3 / (median_ms / 1000) / 1e9
+
+
+# Environment variables that change how the C library's malloc (or a preloaded allocator) serves CPU tensors
+ALLOCATOR_ENV = (
+    'MALLOC_MMAP_THRESHOLD_',
+    'MALLOC_TRIM_THRESHOLD_',
+    'MALLOC_TOP_PAD_',
+    'MALLOC_ARENA_MAX',
+    'GLIBC_TUNABLES',
+    'MALLOC_CONF',
+    'LD_PRELOAD',
+)
+
+
+def allocator_settings(environ: Optional[dict] = None) -> str:
+    """The CPU memory allocator's settings in the environment (:data:`ALLOCATOR_ENV`), for a benchmark's header.
+
+    They change CPU latencies a lot at detection resolutions: with glibc's default settings every
+    allocation of 32 MiB or more is a fresh ``mmap`` whose pages fault on their first write, so a model whose
+    passes allocate large maps pays for every page again in every pass. ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` set high keep freed memory for reuse (figures in ``docs/benchmarks.md``)."""
+    environ = os.environ if environ is None else environ
+    settings = [f'{name}={environ[name]}' for name in ALLOCATOR_ENV if environ.get(name)]
+    return ', '.join(settings) if settings else 'default malloc settings'
 
 
 # Benches: one timed pass made ready

@@ -39,7 +39,9 @@ events in one extra, profiled pass (the tensors alive at its start, optimizer st
 largest rise during it; the rise is printed too). On CPUs the peak resident set size of the process during
 the timed passes is printed as well (Linux; it includes Python and the libraries, about 850 MiB; not with
 --interleave, where it is not per model). fp16 / bf16 run under torch.autocast. Weights are random (no
-checkpoint needed); speed does not depend on them.
+checkpoint needed); speed does not depend on them. On CPUs the header names the memory allocator's settings
+in the environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES, LD_PRELOAD, ...): at
+detection resolutions they change latencies a lot (docs/benchmarks.md), so compare runs made with the same.
 
 --gemm-rate measures the machine's fp32 GEMM rate first: torch.mm of two random 2048x2048 fp32 matrices,
 one untimed product, then the median of 5 timed ones, as 2 * 2048^3 FLOPs (CPUs: at the --threads count).
@@ -67,6 +69,7 @@ from mmcluster.utils.benchmark import (
     Bench,
     Measurement,
     add_first_ratios,
+    allocator_settings,
     backbone_presets,
     build_named_model,
     config_train_bench,
@@ -214,6 +217,8 @@ def main(argv=None) -> list:
     add_first_ratios(rows)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
     header = f'torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}'
+    if device == 'cpu':
+        header += f', allocator: {allocator_settings()}'
     if gemm is not None:
         header += f', fp32 GEMM rate {gemm:.1f} GFLOP/s (torch.mm {GEMM_SIZE}x{GEMM_SIZE}, median of {GEMM_REPEATS})'
     print(header)

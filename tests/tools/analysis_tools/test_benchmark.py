@@ -10,6 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmcluster.utils.benchmark import (
+    ALLOCATOR_ENV,
     build_named_model,
     count_flops,
     inference_benches,
@@ -241,6 +242,24 @@ def test_gemm_rate_and_the_flops_of_a_pass(capsys):
     _, model, kind = build_named_model('swin-t')
     loss = training_loss(model, kind)
     assert round(train.gflop * 1e9) == _flops(lambda: loss(images).backward())
+
+
+def test_the_header_names_the_allocator_settings(capsys, monkeypatch):
+    """CPU latencies at detection resolutions depend on malloc's settings: the header says which were set."""
+    main = benchmark_main()
+    args = ['paca-tiny', '--shapes', '32', '--warmup', '0', '--iters', '1', '--device', 'cpu']
+    for name in ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    main(args)
+    assert capsys.readouterr().out.splitlines()[0].endswith(', allocator: default malloc settings')
+    monkeypatch.setenv('MALLOC_MMAP_THRESHOLD_', '1099511627776')
+    monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '1099511627776')
+    main(args)
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .endswith(', allocator: MALLOC_MMAP_THRESHOLD_=1099511627776, MALLOC_TRIM_THRESHOLD_=1099511627776')
+    )
 
 
 def test_the_backward_of_a_depthwise_convolution_costs_twice_its_forward():
