@@ -9,7 +9,14 @@ from einops import rearrange
 
 import mmcluster.models.layers.row_bands as row_bands
 from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
-from mmcluster.models.layers import DWConvFFN, contiguous_nchw, conv_rows, map_row_bands, pool_clusters
+from mmcluster.models.layers import (
+    DWConvFFN,
+    contiguous_nchw,
+    conv_rows,
+    linear_into,
+    map_row_bands,
+    pool_clusters,
+)
 
 
 @pytest.fixture
@@ -57,29 +64,59 @@ def test_map_row_bands_equals_the_whole_map(small_bands, elements, halo):
     assert all(hw[1] == width and hw[0] <= rows + 2 * halo for hw in calls)
 
 
-@pytest.mark.parametrize('elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (1, 3), (4 * 13 * 8, 0)])
-def test_row_wise_part_runs_once_per_row(small_bands, elements, halo):
+@pytest.mark.parametrize('grad', [True, False], ids=['grad', 'inference'])
+@pytest.mark.parametrize('writes_into_out', [False, True], ids=['returns', 'writes'])
+@pytest.mark.parametrize(
+    'elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (1, 3), (4 * 13 * 8, 0), (3 * 13 * 8, 3)]
+)
+def test_row_wise_part_runs_once_per_row(small_bands, elements, halo, writes_into_out, grad):
     """With a row-wise part, every row goes through it exactly once and each band borrows its halo rows of
-    the row-wise output from its neighbours: the same output as the whole map."""
+    the row-wise output from its neighbours: the same output as the whole map. In inference the bands'
+    contexts are laid out in two buffers (only the halo rows copied), whether the row-wise part writes into the
+    buffer it is given or returns a new tensor; with gradients they are concatenated."""
     torch.manual_seed(0)
     small_bands(elements)
     height, width, channels = 17, 13, 8
     weight, scale = torch.randn(channels, 1, 2 * halo + 1, 2 * halo + 1), torch.randn(channels)
-    rowwise_rows = []
+    rowwise_rows, given_out = [], []
 
-    def rowwise(tokens, hw):
+    def rowwise(tokens, hw, out):
         rowwise_rows.append(hw[0])
-        return tokens * 2, (tokens * scale).tanh()
+        given_out.append(out is not None)
+        context = (tokens * scale).tanh()
+        if writes_into_out and out is not None:
+            return tokens * 2, out.copy_(context)
+        return tokens * 2, context
 
     def local(kept, context, hw, rows):
         return kept + _conv_layer(weight, halo, [])(kept, context, hw, rows)
 
     x = torch.randn(2, height * width, channels)
-    expected = local(*rowwise(x, (height, width)), (height, width), slice(0, height))
-    rowwise_rows.clear()
-    out = map_row_bands(local, x, (height, width), hidden_dim=channels // 2, halo=halo, rowwise=rowwise)
+    expected = local(*rowwise(x, (height, width), None), (height, width), slice(0, height))
+    rowwise_rows.clear(), given_out.clear()
+    with torch.set_grad_enabled(grad):
+        out = map_row_bands(local, x, (height, width), hidden_dim=channels // 2, halo=halo, rowwise=rowwise)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert sum(rowwise_rows) == height and len(rowwise_rows) > 1
+    # buffers for every band but the first, only in inference and with a halo
+    assert given_out == [False] + [not grad and halo > 0] * (len(rowwise_rows) - 1)
+
+
+def test_linear_into_writes_the_layers_output_into_out():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 12)
+    x = torch.randn(2, 5, 8)
+    buffer = torch.zeros(2, 9, 12)
+    out = buffer[:, 2:7]  # each sample's rows contiguous, as in the band buffers
+    with torch.no_grad():
+        assert linear_into(x, layer, out) is out
+        torch.testing.assert_close(out, layer(x), rtol=0, atol=0)
+        assert buffer[:, :2].eq(0).all() and buffer[:, 7:].eq(0).all()
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # no out= under autocast: the layer's output
+            result = linear_into(x, layer, torch.zeros(2, 5, 12))
+            assert result.dtype == torch.bfloat16
+    result = linear_into(x, layer, torch.zeros(2, 5, 12))  # with gradients: the layer's output, in the graph
+    assert result.grad_fn is not None
 
 
 @pytest.mark.parametrize('elements', [1, 3 * 13 * 8, 2**30])

@@ -45,6 +45,7 @@ from ..layers import (
     SoftAssignment,
     band_height,
     conv_rows,
+    linear_into,
     map_row_bands,
     pool_clusters,
 )
@@ -105,7 +106,7 @@ class ConvClustering(nn.Module):
         # local (7x7 receptive field): band by band on CPUs, only the logits allocated at full size
         halo = self.spatial_mix.kernel_size[0] // 2
         band_logits = lambda _, context, band, rows: self.token_logits(context, band, rows)  # noqa: E731
-        normalise = None if norm is None else lambda tokens, _: (tokens, norm(tokens))  # noqa: E731 (once per row)
+        normalise = None if norm is None else lambda tokens, *_: (tokens, norm(tokens))  # noqa: E731 (once per row)
         return map_row_bands(band_logits, x, hw, x.shape[-1], halo, normalise, tokens_last=True)  # (B, M, N)
 
     def token_logits(self, x: torch.Tensor, hw: tuple[int, int], rows: slice) -> torch.Tensor:
@@ -258,10 +259,12 @@ class PaCaBlock(nn.Module):
             # DropPath keeps or drops each sample's branch: drawn once for the whole map, not per band
             attn_scale, mlp_scale = (self.drop_path(x.new_ones(x.shape[0], 1, 1)) for _ in range(2))
 
-        def rowwise(tokens: torch.Tensor, _: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        def rowwise(
+            tokens: torch.Tensor, _: tuple[int, int], out: Optional[torch.Tensor]
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             queries = normed if normed is not None else self.norm1(tokens)
             tokens = _residual(tokens, self.attn.attend(queries, keys, values), attn_scale)
-            return tokens, self.mlp.fc1(self.norm2(tokens))
+            return tokens, linear_into(self.norm2(tokens), self.mlp.fc1, out)  # fc1 into the band's buffer
 
         def local(tokens: torch.Tensor, hidden: torch.Tensor, band: tuple[int, int], rows: slice) -> torch.Tensor:
             return _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)
