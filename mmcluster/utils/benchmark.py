@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import os.path
 import statistics
 import time
 from dataclasses import asdict, dataclass

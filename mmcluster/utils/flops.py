@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
+from ..models.layers.row_bands import FUSED_CONV
+
 aten = torch.ops.aten
 
 
@@ -43,10 +45,8 @@ def _fused_conv_flop(x_shape, w_shape, bias, padding, stride, dilation, groups, 
     return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
-# torch's FLOP counter has no formula for oneDNN's fused convolution op
-FUSED_CONV_FLOP_FORMULAS: dict[Any, Any] = {}
-if hasattr(torch.ops.mkldnn, '_convolution_pointwise'):
-    FUSED_CONV_FLOP_FORMULAS[torch.ops.mkldnn._convolution_pointwise] = _fused_conv_flop
+# torch's FLOP counter has no formula for oneDNN's fused convolution op (the one mmcluster's layers call)
+FUSED_CONV_FLOP_FORMULAS: dict[Any, Any] = {} if FUSED_CONV is None else {FUSED_CONV: _fused_conv_flop}
 
 EXTRA_FLOP_FORMULAS: dict[Any, Any] = dict(FUSED_CONV_FLOP_FORMULAS)
 if hasattr(aten, '_scaled_dot_product_flash_attention_for_cpu'):

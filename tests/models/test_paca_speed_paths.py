@@ -219,7 +219,7 @@ def test_dwconv_ffn_folds_its_shortcut_into_the_conv_in_fp32(dtype):
     assert ffn.identity_kernel()[:, 0].sum((-1, -2)).eq(1).all() and ffn.identity_kernel()[:, 0, 1, 1].eq(1).all()
 
 
-@pytest.mark.skipif(row_bands._FUSED_CONV is None, reason='this torch build has no oneDNN fused convolution')
+@pytest.mark.skipif(row_bands.FUSED_CONV is None, reason='this torch build has no oneDNN fused convolution')
 @pytest.mark.parametrize('kernel_size', [3, 7])
 def test_conv_rows_fuses_the_gelu_in_inference(monkeypatch, kernel_size):
     """On the CPU, in fp32 inference, conv_rows runs conv + exact GELU as one oneDNN op: the same values as the
@@ -229,8 +229,8 @@ def test_conv_rows_fuses_the_gelu_in_inference(monkeypatch, kernel_size):
     act = torch.nn.GELU()
     x = torch.randn(2, 6, 11, 5).contiguous(memory_format=torch.channels_last)
     calls = []
-    fused = row_bands._FUSED_CONV
-    monkeypatch.setattr(row_bands, '_FUSED_CONV', lambda *args: calls.append(args[-3]) or fused(*args))
+    fused = row_bands.FUSED_CONV
+    monkeypatch.setattr(row_bands, 'FUSED_CONV', lambda *args: calls.append(args[-3]) or fused(*args))
     with torch.no_grad():
         expected = act(conv(x))
         for rows in (slice(0, 4), slice(4, 7), slice(7, 11), slice(0, 11)):

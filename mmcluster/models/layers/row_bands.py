@@ -206,6 +206,11 @@ def conv_rows(
     return out if interior else out[:, :, rows.start - top : rows.stop - top]
 
 
+# torch's fused convolution + activation on oneDNN, or None in builds without oneDNN (then conv, then act);
+# mmcluster.utils.flops gives torch's FLOP counter a formula for it
+FUSED_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None) if torch.backends.mkldnn.is_available() else None
+
+
 def _conv_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -226,18 +231,12 @@ def _conv_act(
         and x.dtype == weight.dtype == torch.float32
         and not torch.is_autocast_enabled('cpu')
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and _FUSED_CONV is not None
+        and FUSED_CONV is not None
     )
     if fusable:
-        return _FUSED_CONV(x, weight, bias, list(padding), [1, 1], [1, 1], groups, 'gelu', [], 'none')
+        return FUSED_CONV(x, weight, bias, list(padding), [1, 1], [1, 1], groups, 'gelu', [], 'none')
     out = F.conv2d(x, weight, bias, padding=padding, groups=groups)
     return out if act is None else act(out)
-
-
-# torch's fused convolution + activation on oneDNN; absent from builds without oneDNN (then conv, then act)
-_FUSED_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
-if not torch.backends.mkldnn.is_available():
-    _FUSED_CONV = None
 
 
 def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
