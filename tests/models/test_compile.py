@@ -4,7 +4,8 @@ distinct break with its place in the code), and the compiled module gives the ea
 
 The graphs run on the ``eager`` backend (``aot_eager`` for the training step): Dynamo's capture is what is
 tested, and it stays fast on a small CPU, where Inductor takes far longer. Small models on small inputs, with
-sizes that are not multiples of 32 in every family (the models take any size)."""
+sizes that are not multiples of 32 in every family (the models take any size). PaCa-ViT's banded CPU path (the
+one it takes at detection resolutions) is tested too, on the eager backend and, once, on Inductor."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mmseg.registry import MODELS as MMSEG_MODELS
 from torch._dynamo.backends.debugging import ExplainWithBackend
 
 import mmcluster  # noqa: F401  (hooks the registries)
+import mmcluster.models.layers.row_bands as row_bands
 from mmcluster.models.backbones.expedite import HourglassVisionTransformer
 from mmcluster.models.backbones.paca_vit import PaCaViT
 from mmcluster.models.backbones.secvit import SecViT, SecViTClassifier
@@ -110,6 +112,39 @@ def test_paca_backbone(kwargs, size):
     assert_compiles(model, image(*size))
 
 
+@pytest.fixture
+def stage0_bands(monkeypatch):
+    """On CPUs PaCa-ViT runs its token-local layers band by band once a layer's hidden map exceeds
+    ``row_bands.BAND_ELEMENTS`` (2**21 values: detection resolutions). Lowered here so that a 72 x 88 image runs
+    its stage-0 blocks (18 x 22 tokens) and clustering, and its stage-1 blocks (9 x 11), in bands; checked."""
+    monkeypatch.setattr(row_bands, 'BAND_ELEMENTS', 2**13)
+    dims = PACA_SMALL['embed_dims']
+    tokens = torch.empty(1, 18 * 22, dims[0])
+    assert row_bands.band_height(tokens, (18, 22), dims[0], halo=3) is not None  # the 7x7 clustering conv
+    for hw, dim in [((18, 22), dims[0]), ((9, 11), dims[1])]:
+        tokens = torch.empty(1, hw[0] * hw[1], dim)
+        assert row_bands.band_height(tokens, hw, 4 * dim, halo=1) is not None  # the block (4 * dim in the FFN)
+    return image(72, 88)
+
+
+@pytest.mark.parametrize('clustering', ['conv', 'mlp'])
+def test_paca_backbone_on_bands(stage0_bands, clustering):
+    model = PaCaViT(dict(PACA_SMALL, depths=(1, 2, 1, 1)), num_clusters=(8, 8, 8, 0), clustering=clustering).eval()
+    assert_compiles(model, stage0_bands)
+
+
+def test_paca_inductor_on_bands(stage0_bands):
+    """torch.compile's default backend, Inductor, on the banded path, against eager. It failed at 800 x 1280
+    before 2026-11-24: the depth-wise convs ran through oneDNN's fused conv + GELU op, whose fake kernel gives
+    a band of a channels-last map NCHW strides, and Inductor's generated code asserts the strides it traced."""
+    model = PaCaViT(dict(PACA_SMALL, depths=(1, 1, 1, 1)), num_clusters=(8, 8, 8, 0)).eval()
+    with torch.no_grad():
+        expected = model(stage0_bands)
+        actual = torch.compile(model, fullgraph=True)(stage0_bands)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 def test_paca_timm_classifier():
     """timm's ``paca_tiny`` entry point (the classifier class, head included) with a smaller arch."""
     model = timm.create_model('paca_tiny', arch=PACA_SMALL, num_clusters=(8, 8, 8, 0), num_classes=10).eval()
@@ -138,11 +173,15 @@ def test_paca_head():
     assert_compiles(head, feats)
 
 
-def test_paca_training_step():
-    """Training mode, forward and backward through AOTAutograd: one graph, and the eager gradients."""
+@pytest.mark.parametrize('banded', [False, True], ids=['whole-maps', 'bands'])
+def test_paca_training_step(banded, request):
+    """Training mode, forward and backward through AOTAutograd: one graph, and the eager gradients; on whole
+    maps and on the banded path (with gradients it concatenates each band's context)."""
     arch = dict(PACA_SMALL, depths=(1, 1, 1, 1))
     model = PaCaViT(arch, num_clusters=(8, 8, 8, 0), drop_path_rate=0.0).train()
     x = image(72, 88, batch=2)
+    if banded:
+        request.getfixturevalue('stage0_bands')  # with batch 2 the bands are half as high
 
     def step(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         module.zero_grad(set_to_none=True)

@@ -232,6 +232,10 @@ def _conv_act(
         and not torch.is_autocast_enabled('cpu')
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and FUSED_CONV is not None
+        # under torch.compile the conv and the GELU stay separate ops for the compiler to fuse: the fake
+        # (meta) kernel of the private fused op gives a band of a channels-last map NCHW strides, which the real
+        # op does not return, and Inductor's generated code fails on the difference
+        and not torch.compiler.is_compiling()
     )
     if fusable:
         return FUSED_CONV(x, weight, bias, list(padding), [1, 1], [1, 1], groups, 'gelu', [], 'none')
