@@ -19,16 +19,6 @@ from mmcluster.models.layers import (
 )
 
 
-@pytest.fixture
-def small_bands(monkeypatch):
-    """Bands of a few rows at test sizes (at full size a band holds 2**21 hidden values)."""
-
-    def use(elements):
-        monkeypatch.setattr(row_bands, 'BAND_ELEMENTS', elements)
-
-    return use
-
-
 def _conv_layer(weight: torch.Tensor, halo: int, calls: list):
     """A (2 * halo + 1)^2 depth-wise conv with zero padding as the local part of a banded layer: the output
     for the given rows of its context."""
