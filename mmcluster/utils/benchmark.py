@@ -328,14 +328,14 @@ def count_flops(fn: Callable[[], object]) -> int:
     that of the forward convolution (see :func:`_conv_backward_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .flops import FUSED_CONV_FLOP_FORMULAS
+    from .flops import ONEDNN_FLOP_FORMULAS
 
     aten = torch.ops.aten
     formulas = {
         aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
         aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward_flops,
         aten.convolution_backward: _conv_backward_flops,
-        **FUSED_CONV_FLOP_FORMULAS,
+        **ONEDNN_FLOP_FORMULAS,
     }
     with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         fn()

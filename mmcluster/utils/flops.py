@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
-from ..models.layers.row_bands import FUSED_CONV
+from ..models.layers.row_bands import FUSED_CONV, ONEDNN_LINEAR
 
 aten = torch.ops.aten
 
@@ -45,10 +45,19 @@ def _fused_conv_flop(x_shape, w_shape, bias, padding, stride, dilation, groups, 
     return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
-# torch's FLOP counter has no formula for oneDNN's fused convolution op (the one mmcluster's layers call)
-FUSED_CONV_FLOP_FORMULAS: dict[Any, Any] = {} if FUSED_CONV is None else {FUSED_CONV: _fused_conv_flop}
+def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's matmul for linear layers (:func:`~mmcluster.models.layers.row_bands.linear` in CPU inference):
+    ``addmm``'s count, 2 x tokens x in x out."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
-EXTRA_FLOP_FORMULAS: dict[Any, Any] = dict(FUSED_CONV_FLOP_FORMULAS)
+
+# torch's FLOP counter has no formula for oneDNN's fused convolution and matmul ops (the ones mmcluster's layers
+# call in CPU inference)
+ONEDNN_FLOP_FORMULAS: dict[Any, Any] = {} if FUSED_CONV is None else {FUSED_CONV: _fused_conv_flop}
+if ONEDNN_LINEAR is not None:
+    ONEDNN_FLOP_FORMULAS[ONEDNN_LINEAR] = _onednn_linear_flop
+
+EXTRA_FLOP_FORMULAS: dict[Any, Any] = dict(ONEDNN_FLOP_FORMULAS)
 if hasattr(aten, '_scaled_dot_product_flash_attention_for_cpu'):
     EXTRA_FLOP_FORMULAS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_sdpa_flop
 CONVENTIONS = ('macs', 'torchprofile')

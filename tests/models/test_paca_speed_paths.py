@@ -1,5 +1,6 @@
 """PaCa-ViT's fast paths give today's outputs: band-by-band execution of token-local layers
-(mmcluster/models/layers/row_bands.py), channels-last convolutions and stacked q/k/v GEMMs, against the network
+(mmcluster/models/layers/row_bands.py), channels-last convolutions, oneDNN's matmul for the linear layers and stacked
+q/k/v GEMMs, against the network
 written out step by step on NCHW maps with whole-map FFNs and one GEMM per projection."""
 
 import pytest
@@ -11,8 +12,10 @@ import mmcluster.models.layers.row_bands as row_bands
 from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
 from mmcluster.models.layers import (
     DWConvFFN,
+    OneDNNLinear,
     contiguous_nchw,
     conv_rows,
+    linear,
     linear_into,
     map_row_bands,
     pool_clusters,
@@ -231,6 +234,36 @@ def test_conv_rows_fuses_the_gelu_in_inference(monkeypatch, kernel_size):
     assert len(calls) == 4 and out.grad_fn is not None
 
 
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
+    """linear() gives F.linear's values (within fp32 rounding: the same products summed in another order) for
+    2-D, 3-D and strided inputs, with and without bias, through oneDNN's matmul in fp32 inference only: with
+    gradients, under autocast, in bf16 and for empty inputs it is F.linear."""
+    torch.manual_seed(0)
+    calls = []
+    onednn = row_bands.ONEDNN_LINEAR
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: calls.append(args[1].shape) or onednn(*args))
+    layer = OneDNNLinear(24, 40)
+    wide = torch.randn(3, 17, 48)
+    inputs = [torch.randn(30, 24), torch.randn(2, 17, 24), wide[..., ::2], wide[:, 2:9, 24:]]
+    with torch.no_grad():
+        for x in inputs:
+            for bias in (layer.bias, None):
+                torch.testing.assert_close(linear(x, layer.weight, bias), F.linear(x, layer.weight, bias))
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert len(calls) == 3 * len(inputs)
+
+    x = inputs[1]
+    assert layer(x).grad_fn is not None  # gradients needed: F.linear
+    with torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+        assert linear(x.bfloat16(), layer.weight.bfloat16()).dtype == torch.bfloat16
+        assert layer(x[:, :0]).shape == (2, 0, 40)
+    assert len(calls) == 3 * len(inputs)
+    assert OneDNNLinear(24, 40).state_dict().keys() == torch.nn.Linear(24, 40).state_dict().keys()
+
+
 def test_fused_linear_equals_the_separate_layers():
     torch.manual_seed(0)
     layers = [torch.nn.Linear(12, 12) for _ in range(3)]
@@ -240,7 +273,11 @@ def test_fused_linear_equals_the_separate_layers():
 
 
 def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tensor]:
-    """PaCa-ViT on contiguous NCHW maps, one GEMM per projection and whole-map FFNs (onsite clustering)."""
+    """PaCa-ViT on contiguous NCHW maps, one GEMM per projection (F.linear's addmm) and whole-map FFNs (onsite
+    clustering)."""
+
+    def dense(layer, x):
+        return F.linear(x, layer.weight, layer.bias)
 
     def downsample(module, x):
         for conv in module.proj:
@@ -266,13 +303,14 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
                 context = normed
             q, k, v = (
                 rearrange(t, 'b n (h d) -> b h n d', h=attn.num_heads)
-                for t in (attn.q(normed), attn.k(context), attn.v(context))
+                for t in (dense(attn.q, normed), dense(attn.k, context), dense(attn.v, context))
             )
             heads = F.scaled_dot_product_attention(q, k, v)
-            tokens = tokens + attn.proj(rearrange(heads, 'b h n d -> b n (h d)'))
-            hidden = rearrange(block.mlp.fc1(block.norm2(tokens)), 'b (h w) c -> b c h w', h=hw[0]).contiguous()
+            tokens = tokens + dense(attn.proj, rearrange(heads, 'b h n d -> b n (h d)'))
+            hidden = dense(block.mlp.fc1, block.norm2(tokens))
+            hidden = rearrange(hidden, 'b (h w) c -> b c h w', h=hw[0]).contiguous()
             hidden = rearrange(hidden + block.mlp.dwconv(hidden), 'b c h w -> b (h w) c')
-            tokens = tokens + block.mlp.fc2(block.mlp.act(hidden))
+            tokens = tokens + dense(block.mlp.fc2, block.mlp.act(hidden))
         x = rearrange(stage.norm(tokens), 'b (h w) c -> b c h w', h=hw[0]).contiguous()
         outs.append(x)
     return outs

@@ -42,9 +42,11 @@ from ..layers import (
     BlurConv2d,
     ConvDownsample,
     DWConvFFN,
+    OneDNNLinear,
     SoftAssignment,
     band_height,
     conv_rows,
+    linear,
     linear_into,
     map_row_bands,
     pool_clusters,
@@ -115,8 +117,8 @@ class ConvClustering(nn.Module):
         spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])  # a channels-last view
         x = rearrange(conv_rows(self.spatial_mix, spatial, rows, act=self.act), 'b c h w -> b (h w) c')
         # the 1x1 convs as the GEMMs on tokens that they are (same weights)
-        x = self.act(F.linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
-        return F.linear(x, self.to_clusters.weight.flatten(1))
+        x = self.act(linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
+        return linear(x, self.to_clusters.weight.flatten(1))
 
 
 class MlpClustering(nn.Module):
@@ -125,9 +127,9 @@ class MlpClustering(nn.Module):
     def __init__(self, dim: int, num_clusters: int, hidden_ratio: float = 4.0) -> None:
         super().__init__()
         hidden = int(dim * hidden_ratio)
-        self.fc = nn.Linear(dim, hidden)
+        self.fc = OneDNNLinear(dim, hidden)
         self.act = nn.GELU()
-        self.to_clusters = nn.Linear(hidden, num_clusters)
+        self.to_clusters = OneDNNLinear(hidden, num_clusters)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], norm: Optional[nn.Module] = None) -> torch.Tensor:
         # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
@@ -145,7 +147,7 @@ def fused_linear(x: torch.Tensor, layers: Sequence[nn.Linear]) -> tuple[torch.Te
     state dict keeps one weight per layer, as the official checkpoints have them)."""
     weight = torch.cat([layer.weight for layer in layers])
     bias = torch.cat([layer.bias for layer in layers])
-    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+    return linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
 class PatchToClusterAttention(nn.Module):
@@ -174,10 +176,10 @@ class PatchToClusterAttention(nn.Module):
         self.clustering = clustering
         self.assign = SoftAssignment() if clustering is not None else None
         self.cluster_norm = nn.LayerNorm(dim, eps=1e-6) if num_clusters > 0 else None
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q = OneDNNLinear(dim, dim)
+        self.k = OneDNNLinear(dim, dim)
+        self.v = OneDNNLinear(dim, dim)
+        self.proj = OneDNNLinear(dim, dim)
 
     def forward(
         self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None

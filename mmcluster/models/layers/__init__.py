@@ -13,7 +13,7 @@ from .equitable_clustering import (
 )
 from .ffn import DWConvFFN
 from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
-from .row_bands import band_height, contiguous_nchw, conv_rows, linear_into, map_row_bands
+from .row_bands import OneDNNLinear, band_height, contiguous_nchw, conv_rows, linear, linear_into, map_row_bands
 from .seca import LCE_KERNEL_SIZE, SECAttention
 from .token_clustering import (
     FullResolutionSwitch,
@@ -32,6 +32,7 @@ __all__ = [
     'EquitableLayout',
     'FullResolutionSwitch',
     'LCE_KERNEL_SIZE',
+    'OneDNNLinear',
     'RoPE2d',
     'SECAttention',
     'SemanticScores',
@@ -47,6 +48,7 @@ __all__ = [
     'conv_rows',
     'equitable_cluster_attention',
     'equitable_layout',
+    'linear',
     'linear_into',
     'map_row_bands',
     'neighbourhood_mask',

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .row_bands import conv_rows, linear_into, map_row_bands
+from .row_bands import OneDNNLinear, conv_rows, linear_into, map_row_bands
 
 
 class DWConvFFN(nn.Module):
@@ -20,10 +20,10 @@ class DWConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = OneDNNLinear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = OneDNNLinear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         expand = lambda tokens, _, out: (tokens, linear_into(tokens, self.fc1, out))  # noqa: E731  (once per row)

@@ -209,6 +209,25 @@ def conv_rows(
 # torch's fused convolution + activation on oneDNN, or None in builds without oneDNN (then conv, then act);
 # mmcluster.utils.flops gives torch's FLOP counter a formula for it
 FUSED_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None) if torch.backends.mkldnn.is_available() else None
+# oneDNN's matmul for linear layers (the op torch.compile's CPU backend emits for them), or None without oneDNN;
+# mmcluster.utils.flops gives torch's FLOP counter a formula for it too
+ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
+
+
+def _cpu_fp32_inference(x: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
+    """Whether an op on x with ``params`` (weight, bias) may run on oneDNN's private CPU ops: fp32 on the CPU,
+    no autocast, no gradient needed, and neither compiling (the compiler emits and fuses such ops itself; the
+    fake kernel of the fused conv gives a band of a channels-last map NCHW strides, on which Inductor's
+    generated code fails) nor tracing with ``torch.jit`` (exporters do not know the private ops)."""
+    tensors = [x, *(p for p in params if p is not None)]
+    return (
+        x.device.type == 'cpu'
+        and all(t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled('cpu')
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
 
 
 def _conv_act(
@@ -227,20 +246,38 @@ def _conv_act(
     fusable = (
         isinstance(act, nn.GELU)
         and act.approximate == 'none'
-        and x.device.type == 'cpu'
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled('cpu')
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and FUSED_CONV is not None
-        # under torch.compile the conv and the GELU stay separate ops for the compiler to fuse: the fake
-        # (meta) kernel of the private fused op gives a band of a channels-last map NCHW strides, which the real
-        # op does not return, and Inductor's generated code fails on the difference
-        and not torch.compiler.is_compiling()
+        and _cpu_fp32_inference(x, weight, bias)
     )
     if fusable:
         return FUSED_CONV(x, weight, bias, list(padding), [1, 1], [1, 1], groups, 'gelu', [], 'none')
     out = F.conv2d(x, weight, bias, padding=padding, groups=groups)
     return out if act is None else act(out)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``. In fp32 CPU inference it runs on oneDNN's matmul
+    (``torch.ops.mkldnn._linear_pointwise``) instead of the BLAS ``addmm`` of ``F.linear``: on the project's
+    2-core EPYC machines 5-25% faster at PaCa-ViT's shapes (``docs/benchmarks.md``). The same products, summed
+    in another order (``tests/models/test_paca_speed_paths.py``)."""
+    if (
+        ONEDNN_LINEAR is not None
+        and x.dim() >= 2
+        and x.numel() > 0
+        and weight.dim() == 2
+        and weight.is_contiguous()
+        and _cpu_fp32_inference(x, weight, bias)
+    ):
+        return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
+    return F.linear(x, weight, bias)
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose fp32 CPU inference runs on oneDNN's matmul:
+    :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:

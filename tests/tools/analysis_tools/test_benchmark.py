@@ -19,7 +19,7 @@ from mmcluster.utils.benchmark import (
     train_bench,
     training_loss,
 )
-from mmcluster.utils.flops import FUSED_CONV_FLOP_FORMULAS
+from mmcluster.utils.flops import ONEDNN_FLOP_FORMULAS
 from tests.tools_helpers import ROOT, load_tool, run
 
 MASK_RCNN = 'configs/paca_vit/mask-rcnn_paca-small_fpn_1x_coco.py'
@@ -208,9 +208,9 @@ def test_interleave_reports_the_latency_over_the_first_models(capsys):
 
 
 def _flops(fn) -> int:
-    # torch's counter has no formula for oneDNN's fused conv + GELU (PaCa-ViT's depth-wise convs in CPU
-    # inference); mmcluster's formula for it counts the convolution as torch counts convolutions
-    with FlopCounterMode(display=False, custom_mapping=FUSED_CONV_FLOP_FORMULAS) as counter:
+    # torch's counter has no formula for oneDNN's fused conv + GELU and matmul (PaCa-ViT's depth-wise convs and
+    # linear layers in CPU inference); mmcluster's count them as torch counts convolutions and addmm
+    with FlopCounterMode(display=False, custom_mapping=ONEDNN_FLOP_FORMULAS) as counter:
         fn()
     return counter.get_total_flops()
 
