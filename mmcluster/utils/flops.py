@@ -53,9 +53,11 @@ def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> in
 
 # torch's FLOP counter has no formula for oneDNN's fused convolution and matmul ops (the ones mmcluster's layers
 # call in CPU inference)
-ONEDNN_FLOP_FORMULAS: dict[Any, Any] = {} if FUSED_CONV is None else {FUSED_CONV: _fused_conv_flop}
-if ONEDNN_LINEAR is not None:
-    ONEDNN_FLOP_FORMULAS[ONEDNN_LINEAR] = _onednn_linear_flop
+ONEDNN_FLOP_FORMULAS: dict[Any, Any] = {
+    op: formula
+    for op, formula in ((FUSED_CONV, _fused_conv_flop), (ONEDNN_LINEAR, _onednn_linear_flop))
+    if op is not None
+}
 
 EXTRA_FLOP_FORMULAS: dict[Any, Any] = dict(ONEDNN_FLOP_FORMULAS)
 if hasattr(aten, '_scaled_dot_product_flash_attention_for_cpu'):

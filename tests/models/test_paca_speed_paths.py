@@ -1,7 +1,7 @@
 """PaCa-ViT's fast paths give today's outputs: band-by-band execution of token-local layers
-(mmcluster/models/layers/row_bands.py), channels-last convolutions, oneDNN's matmul for the linear layers and stacked
-q/k/v GEMMs, against the network
-written out step by step on NCHW maps with whole-map FFNs and one GEMM per projection."""
+(mmcluster/models/layers/row_bands.py), channels-last convolutions, oneDNN's matmul for the linear layers and
+stacked q/k/v GEMMs, against the network written out step by step on NCHW maps with whole-map FFNs and one GEMM
+(F.linear) per projection."""
 
 import pytest
 import torch

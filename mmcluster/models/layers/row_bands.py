@@ -206,12 +206,15 @@ def conv_rows(
     return out if interior else out[:, :, rows.start - top : rows.stop - top]
 
 
-# torch's fused convolution + activation on oneDNN, or None in builds without oneDNN (then conv, then act);
-# mmcluster.utils.flops gives torch's FLOP counter a formula for it
-FUSED_CONV = getattr(torch.ops.mkldnn, '_convolution_pointwise', None) if torch.backends.mkldnn.is_available() else None
-# oneDNN's matmul for linear layers (the op torch.compile's CPU backend emits for them), or None without oneDNN;
-# mmcluster.utils.flops gives torch's FLOP counter a formula for it too
-ONEDNN_LINEAR = getattr(torch.ops.mkldnn, '_linear_pointwise', None) if torch.backends.mkldnn.is_available() else None
+def _onednn_op(name: str):
+    """torch's private oneDNN op ``torch.ops.mkldnn.<name>``, or None in builds without oneDNN."""
+    return getattr(torch.ops.mkldnn, name, None) if torch.backends.mkldnn.is_available() else None
+
+
+# The oneDNN ops that torch.compile's CPU backend emits, called directly in fp32 CPU inference (None without
+# oneDNN: then conv, then act; F.linear); mmcluster.utils.flops gives torch's FLOP counter formulas for them.
+FUSED_CONV = _onednn_op('_convolution_pointwise')  # convolution + fused activation
+ONEDNN_LINEAR = _onednn_op('_linear_pointwise')  # matmul of linear layers
 
 
 def _cpu_fp32_inference(x: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
@@ -258,8 +261,9 @@ def _conv_act(
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``. In fp32 CPU inference it runs on oneDNN's matmul
     (``torch.ops.mkldnn._linear_pointwise``) instead of the BLAS ``addmm`` of ``F.linear``: on the project's
-    2-core EPYC machines 5-25% faster at PaCa-ViT's shapes (``docs/benchmarks.md``). The same products, summed
-    in another order (``tests/models/test_paca_speed_paths.py``)."""
+    2-core EPYC machines mostly 3-20% faster at PaCa-ViT's shapes, one of twelve 8% slower
+    (``docs/benchmarks.md``). The same products, summed in another order
+    (``tests/models/test_paca_speed_paths.py``)."""
     if (
         ONEDNN_LINEAR is not None
         and x.dim() >= 2

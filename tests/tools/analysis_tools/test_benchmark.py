@@ -209,7 +209,7 @@ def test_interleave_reports_the_latency_over_the_first_models(capsys):
 
 def _flops(fn) -> int:
     # torch's counter has no formula for oneDNN's fused conv + GELU and matmul (PaCa-ViT's depth-wise convs and
-    # linear layers in CPU inference); mmcluster's count them as torch counts convolutions and addmm
+    # linear layers in CPU inference); mmcluster's formulas count them as torch counts convolutions and addmm
     with FlopCounterMode(display=False, custom_mapping=ONEDNN_FLOP_FORMULAS) as counter:
         fn()
     return counter.get_total_flops()
