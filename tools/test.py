@@ -84,6 +84,7 @@ def main(argv=None) -> None:
     runner = Runner.from_cfg(cfg)
     runner.register_hook(StrictCheckpointHook(args.checkpoint), priority='LOWEST')
     metrics = runner.test()
+    del runner  # its model holds the process group: freed with it (destroy_process_group)
     destroy_process_group()
     print('metrics:', json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
 

@@ -105,6 +105,7 @@ def main(argv=None) -> None:
     if note:
         runner.logger.warning(note)
     runner.train()
+    del runner  # its model holds the process group: freed with it (destroy_process_group)
     destroy_process_group()
 
 
