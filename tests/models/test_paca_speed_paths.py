@@ -95,15 +95,23 @@ def test_row_wise_part_runs_once_per_row(small_bands, elements, halo, writes_int
     assert given_out == [False] + [not grad and halo > 0] * (len(rowwise_rows) - 1)
 
 
-def test_linear_into_writes_the_layers_output_into_out():
+def test_linear_into_writes_the_layers_output_into_out(monkeypatch):
+    """addmm into ``out`` where BLAS would run the layer; the layer's own output (to be copied by the caller) where
+    oneDNN's matmul runs it, which has no ``out=``."""
     torch.manual_seed(0)
-    layer = torch.nn.Linear(8, 12)
+    layer = OneDNNLinear(8, 12)
     x = torch.randn(2, 5, 8)
     buffer = torch.zeros(2, 9, 12)
     out = buffer[:, 2:7]  # each sample's rows contiguous, as in the band buffers
     with torch.no_grad():
+        expected = F.linear(x, layer.weight, layer.bias)
+        if row_bands.ONEDNN_LINEAR is not None:
+            result = linear_into(x, layer, out)
+            assert result is not out and buffer.eq(0).all()
+            torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+        monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', None)  # a torch without oneDNN: addmm with out=
         assert linear_into(x, layer, out) is out
-        torch.testing.assert_close(out, layer(x), rtol=0, atol=0)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
         assert buffer[:, :2].eq(0).all() and buffer[:, 7:].eq(0).all()
         with torch.autocast('cpu', dtype=torch.bfloat16):  # no out= under autocast: the layer's output
             result = linear_into(x, layer, torch.zeros(2, 5, 12))

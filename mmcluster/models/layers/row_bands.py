@@ -169,12 +169,14 @@ def _halo_bands_in_buffers(
 
 
 def linear_into(x: torch.Tensor, layer: nn.Linear, out: Optional[torch.Tensor]) -> torch.Tensor:
-    """``layer(x)`` for x (B, n, C), written into ``out`` (B, n, C_out; each sample contiguous) when given and
-    possible: the same GEMM (``addmm``) as ``layer``, without a new output and a copy of it. Returns ``out``
-    then, else ``layer(x)`` (with gradients, under autocast or in another dtype, where ``out=`` is not
-    possible)."""
+    """``layer(x)`` for x (B, n, C), written into ``out`` (B, n, C_out; each sample contiguous) by BLAS ``addmm``
+    when that is the GEMM that would run and ``out=`` is possible: no new output and no copy of it. Returns
+    ``out`` then, else ``layer(x)``: where ``layer`` is a :class:`OneDNNLinear` that runs on oneDNN's matmul
+    (which has no ``out=``; the caller copies its result, still about 2x faster on AMD Zen 5 CPUs,
+    ``docs/benchmarks.md``), with gradients, under autocast or in another dtype."""
     writable = (
         out is not None
+        and not (isinstance(layer, OneDNNLinear) and _onednn_linear_runs(x, layer.weight, layer.bias))
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled(x.device.type)
         and x.dtype == out.dtype == layer.weight.dtype
@@ -258,20 +260,26 @@ def _conv_act(
     return out if act is None else act(out)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``. In fp32 CPU inference it runs on oneDNN's matmul
-    (``torch.ops.mkldnn._linear_pointwise``) instead of the BLAS ``addmm`` of ``F.linear``: on the project's
-    2-core EPYC machines mostly 3-20% faster at PaCa-ViT's shapes, one of twelve 8% slower
-    (``docs/benchmarks.md``). The same products, summed in another order
-    (``tests/models/test_paca_speed_paths.py``)."""
-    if (
+def _onednn_linear_runs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether :func:`linear` runs on oneDNN's matmul for these arguments."""
+    return (
         ONEDNN_LINEAR is not None
         and x.dim() >= 2
         and x.numel() > 0
         and weight.dim() == 2
         and weight.is_contiguous()
         and _cpu_fp32_inference(x, weight, bias)
-    ):
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``. In fp32 CPU inference it runs on oneDNN's matmul
+    (``torch.ops.mkldnn._linear_pointwise``) instead of the BLAS ``addmm`` of ``F.linear``: on the project's
+    2-core EPYC machines mostly 3-20% faster at PaCa-ViT's shapes, one of twelve 8% slower, on AMD Zen 4
+    CPUs; about 2x faster on Zen 5 ones (CPU family 26), where MKL's GEMM runs at less than half oneDNN's rate
+    (``docs/benchmarks.md``). The same products, summed in another order
+    (``tests/models/test_paca_speed_paths.py``)."""
+    if _onednn_linear_runs(x, weight, bias):
         return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
     return F.linear(x, weight, bias)
 
