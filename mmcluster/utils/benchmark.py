@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -208,7 +209,7 @@ class Measurement:
     vs_eager: Optional[float] = None  # compiled rows: latency / the same model's eager latency
     gflop: Optional[float] = None  # FLOPs of one pass (count_flops), in 1e9
     gflops: Optional[float] = None  # achieved: gflop / median latency in seconds
-    gemm_rate_gflops: Optional[float] = None  # this machine's fp32 GEMM rate (gemm_rate)
+    gemm_rate_gflops: Optional[float] = None  # this machine's fp32 GEMM rate (the fastest of gemm_rates)
     gemm_fraction: Optional[float] = None  # gflops / gemm_rate_gflops
 
     @property
@@ -356,18 +357,48 @@ def _time_once(step: Callable[[], object], device: str) -> float:
     return (time.perf_counter() - start_s) * 1000
 
 
-def gemm_rate(device: str = 'cpu', size: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matrix-product rate in GFLOP/s: ``torch.mm`` of two random fp32 ``size`` x
-    ``size`` matrices, one untimed product, then the median time of ``repeats`` timed ones, counted as
-    ``2 * size**3`` FLOPs. On CPUs it runs at torch's current thread count; on GPUs under torch's TF32
-    setting (off by default)."""
+def gemm_rates(device: str = 'cpu', size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """This machine's fp32 matrix-product rates in GFLOP/s, one per GEMM path torch has on ``device``: on GPUs
+    ``torch.mm`` (under torch's TF32 setting, off by default); on CPUs ``torch.mm`` (the BLAS, MKL in torch's
+    x86 wheels) and, in builds with oneDNN, oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, which
+    mmcluster's linear layers use in CPU inference). Each: two random fp32 ``size`` x ``size`` matrices, one
+    untimed product, then the median time of ``repeats`` timed ones, counted as ``2 * size**3`` FLOPs, at
+    torch's current thread count. The two CPU paths can differ a lot: on AMD EPYC 9005 (Zen 5) MKL's GEMM ran at
+    less than half of oneDNN's rate (``docs/benchmarks.md``), so the machine's rate is the faster one."""
     if size < 1 or repeats < 1:
         raise ValueError(f'need size >= 1 and repeats >= 1, got size={size}, repeats={repeats}')
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    torch.mm(a, b)
-    median_ms = statistics.median(_time_once(lambda: torch.mm(a, b), device) for _ in range(repeats))
-    return 2 * size**3 / (median_ms / 1000) / 1e9
+    products = {'torch.mm': lambda: torch.mm(a, b)}
+    onednn = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    if device == 'cpu' and onednn is not None:
+        products["oneDNN's matmul"] = lambda: onednn(a, b, None, 'none', [], '')
+    rates = {}
+    for name, product in products.items():
+        product()
+        median_ms = statistics.median(_time_once(product, device) for _ in range(repeats))
+        rates[name] = 2 * size**3 / (median_ms / 1000) / 1e9
+    return rates
+
+
+def cpu_description() -> str:
+    """The CPU's model name, vendor family and model numbers and logical CPU count, from ``/proc/cpuinfo`` on
+    Linux (e.g. ``AMD EPYC, family 26 model 2, 2 CPUs``): CPU latencies, and which GEMM path is faster, depend on
+    the CPU generation, and virtual machines often report only the vendor's brand name."""
+    fields: dict[str, str] = {}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                key = key.strip()
+                if key in ('model name', 'cpu family', 'model') and key not in fields:
+                    fields[key] = value.strip()
+    except OSError:
+        pass
+    name = fields.get('model name') or platform.processor() or 'unknown CPU'
+    if 'cpu family' in fields and 'model' in fields:
+        name += f', family {fields["cpu family"]} model {fields["model"]}'
+    return f'{name}, {os.cpu_count()} CPUs'
 
 
 # Environment variables that change how the C library's malloc (or a preloaded allocator) serves CPU tensors
@@ -752,10 +783,10 @@ def _timed_pass(bench: Bench) -> tuple[float, int]:
 
 def measure_bench(bench: Bench, warmup: int, iters: int, gemm_gflops: Optional[float] = None) -> Measurement:
     """Time ``bench`` alone: ``warmup`` untimed passes (at least its ``warmup_min``), ``iters`` timed ones,
-    then its memory (on CPUs in one more, profiled pass). With ``gemm_gflops`` (:func:`gemm_rate`) the
-    FLOPs of a pass are counted too (one more pass) and the achieved rate set against it. A compiled bench
-    starts from cleared compile caches (``torch.compiler.reset``), so that shapes and dtypes compiled
-    before do not add up to dynamo's recompile limit."""
+    then its memory (on CPUs in one more, profiled pass). With ``gemm_gflops`` (the fastest of
+    :func:`gemm_rates`) the FLOPs of a pass are counted too (one more pass) and the achieved rate set against
+    it. A compiled bench starts from cleared compile caches (``torch.compiler.reset``), so that shapes and
+    dtypes compiled before do not add up to dynamo's recompile limit."""
     _check(bench.dtype, warmup, iters)
     if gemm_gflops is not None:
         _flops(bench)

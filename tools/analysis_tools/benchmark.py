@@ -43,8 +43,10 @@ checkpoint needed); speed does not depend on them. On CPUs the header names the 
 in the environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES, LD_PRELOAD, ...): at
 detection resolutions they change latencies a lot (docs/benchmarks.md), so compare runs made with the same.
 
---gemm-rate measures the machine's fp32 GEMM rate first: torch.mm of two random 2048x2048 fp32 matrices,
-one untimed product, then the median of 5 timed ones, as 2 * 2048^3 FLOPs (CPUs: at the --threads count).
+--gemm-rate measures the machine's fp32 GEMM rate first: the faster of torch's GEMM paths (torch.mm, and on
+CPUs also oneDNN's matmul, which can be twice as fast as torch.mm's MKL on AMD CPUs), each on two random
+2048x2048 fp32 matrices, one untimed product, then the median of 5 timed ones, as 2 * 2048^3 FLOPs (CPUs: at the
+--threads count). The header names the CPU (model name, family and model numbers).
 Each row then gets the FLOPs of one pass (torch.utils.flop_counter.FlopCounterMode in one extra pass:
 2 FLOPs a multiply-add of matrix products, convolutions and attention; with --train forward and backward
 of the whole step, a checkpointed forward's recomputation included), the achieved GFLOP/s (FLOPs / median
@@ -73,9 +75,10 @@ from mmcluster.utils.benchmark import (
     backbone_presets,
     build_named_model,
     config_train_bench,
+    cpu_description,
     describe_preset,
     format_table,
-    gemm_rate,
+    gemm_rates,
     inference_benches,
     measure_bench,
     measure_interleaved,
@@ -189,7 +192,8 @@ def main(argv=None) -> list:
             parser.error(f'{option} must be >= {minimum}, got {value}')
     if args.threads:
         torch.set_num_threads(args.threads)
-    gemm: Optional[float] = gemm_rate(args.device, GEMM_SIZE, GEMM_REPEATS) if args.gemm_rate else None
+    rates = gemm_rates(args.device, GEMM_SIZE, GEMM_REPEATS) if args.gemm_rate else {}
+    gemm: Optional[float] = max(rates.values()) if rates else None
 
     rows: list[Measurement] = []
     waiting: list[Bench] = []  # --interleave: every model's benches, timed together at the end
@@ -216,11 +220,17 @@ def main(argv=None) -> list:
             report(row)
     add_first_ratios(rows)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
-    header = f'torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}'
     if device == 'cpu':
+        device = f'cpu ({cpu_description()})'
+    header = f'torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}'
+    if device.startswith('cpu'):
         header += f', allocator: {allocator_settings()}'
     if gemm is not None:
-        header += f', fp32 GEMM rate {gemm:.1f} GFLOP/s (torch.mm {GEMM_SIZE}x{GEMM_SIZE}, median of {GEMM_REPEATS})'
+        paths = ', '.join(f'{name} {rate:.1f}' for name, rate in rates.items())
+        header += (
+            f', fp32 GEMM rate {gemm:.1f} GFLOP/s (the fastest of {paths}; {GEMM_SIZE}x{GEMM_SIZE}, '
+            f'median of {GEMM_REPEATS})'
+        )
     print(header)
     print(format_table(rows))
     if args.plot:

@@ -25,7 +25,7 @@ import torch
 
 import mmcluster  # noqa: F401  (registers the models)
 from mmcluster.apis import tensor_forward
-from mmcluster.utils.benchmark import allocator_settings, build_named_model, parse_shape
+from mmcluster.utils.benchmark import allocator_settings, build_named_model, cpu_description, parse_shape
 
 
 def operator_table(events, top: int) -> str:
@@ -130,7 +130,7 @@ def main(argv=None) -> str:
     height, width = args.shape
     print(
         f'{name}, {height}x{width}, batch {args.batch_size}, torch {torch.__version__}, '
-        f'{torch.get_num_threads()} threads, allocator: {allocator_settings()}'
+        f'{torch.get_num_threads()} threads, CPU: {cpu_description()}, allocator: {allocator_settings()}'
     )
     print(table)
     if args.modules:

@@ -220,8 +220,12 @@ def test_gemm_rate_and_the_flops_of_a_pass(capsys):
     args = ['--shapes', '32', '--warmup', '0', '--iters', '1', '--device', 'cpu', '--gemm-rate']
     rows = main(['paca-tiny', 'pvtv2-b1', *args])
     header = capsys.readouterr().out.splitlines()[0]
-    rate = float(re.search(r'fp32 GEMM rate ([\d.]+) GFLOP/s \(torch.mm 2048x2048, median of 5\)', header).group(1))
-    assert rate > 0
+    found = re.search(r'fp32 GEMM rate ([\d.]+) GFLOP/s \(the fastest of (.*); 2048x2048, median of 5\)', header)
+    rate = float(found.group(1))
+    paths = dict(re.fullmatch(r'(.+) ([\d.]+)', path).groups() for path in found.group(2).split(', '))
+    assert rate > 0 and rate == max(float(value) for value in paths.values())
+    assert set(paths) == {'torch.mm'} | ({"oneDNN's matmul"} if torch.backends.mkldnn.is_available() else set())
+    assert re.search(r'device cpu \(.+, \d+ CPUs\)', header)
     images = torch.randn(1, 3, 32, 32)
     for row in rows:
         _, model, _ = build_named_model(row.model)
