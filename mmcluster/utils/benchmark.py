@@ -363,16 +363,17 @@ def gemm_rates(device: str = 'cpu', size: int = 2048, repeats: int = 5) -> dict[
     x86 wheels) and, in builds with oneDNN, oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, which
     mmcluster's linear layers use in CPU inference). Each: two random fp32 ``size`` x ``size`` matrices, one
     untimed product, then the median time of ``repeats`` timed ones, counted as ``2 * size**3`` FLOPs, at
-    torch's current thread count. The two CPU paths can differ a lot: on AMD EPYC 9005 (Zen 5) MKL's GEMM ran at
-    less than half of oneDNN's rate (``docs/benchmarks.md``), so the machine's rate is the faster one."""
+    torch's current thread count. The two CPU paths can differ a lot: on an AMD Zen 5 CPU (family 26) MKL's GEMM
+    ran at less than half of oneDNN's rate (``docs/benchmarks.md``), so the machine's rate is the faster one."""
+    from ..models.layers.row_bands import ONEDNN_LINEAR
+
     if size < 1 or repeats < 1:
         raise ValueError(f'need size >= 1 and repeats >= 1, got size={size}, repeats={repeats}')
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     products = {'torch.mm': lambda: torch.mm(a, b)}
-    onednn = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-    if device == 'cpu' and onednn is not None:
-        products["oneDNN's matmul"] = lambda: onednn(a, b, None, 'none', [], '')
+    if device == 'cpu' and ONEDNN_LINEAR is not None:
+        products["oneDNN's matmul"] = lambda: ONEDNN_LINEAR(a, b, None, 'none', [], '')
     rates = {}
     for name, product in products.items():
         product()
@@ -393,6 +394,8 @@ def cpu_description() -> str:
                 key = key.strip()
                 if key in ('model name', 'cpu family', 'model') and key not in fields:
                     fields[key] = value.strip()
+                if len(fields) == 3:  # the first CPU's entry is enough
+                    break
     except OSError:
         pass
     name = fields.get('model name') or platform.processor() or 'unknown CPU'

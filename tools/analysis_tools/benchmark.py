@@ -219,11 +219,10 @@ def main(argv=None) -> list:
         for row in rows:
             report(row)
     add_first_ratios(rows)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'
-    if device == 'cpu':
-        device = f'cpu ({cpu_description()})'
+    on_gpu = args.device.startswith('cuda')
+    device = torch.cuda.get_device_name(args.device) if on_gpu else f'cpu ({cpu_description()})'
     header = f'torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}'
-    if device.startswith('cpu'):
+    if not on_gpu:
         header += f', allocator: {allocator_settings()}'
     if gemm is not None:
         paths = ', '.join(f'{name} {rate:.1f}' for name, rate in rates.items())
