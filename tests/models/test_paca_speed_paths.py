@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import mmcluster.models.layers.attention as attention
 import mmcluster.models.layers.row_bands as row_bands
 from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
 from mmcluster.models.layers import (
@@ -18,6 +19,7 @@ from mmcluster.models.layers import (
     linear,
     linear_into,
     map_row_bands,
+    multi_head_attention,
     pool_clusters,
 )
 
@@ -135,6 +137,17 @@ def test_tokens_last_output_with_gradients(small_bands, elements):
     (grad,) = torch.autograd.grad(out.square().sum(), x)
     (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)  # halo rows' sums in another order
+
+
+@pytest.mark.parametrize('height,whole', [(9, True), (10, False), (3, True)])
+def test_maps_of_at_most_whole_map_bands_bands_run_whole(small_bands, height, whole):
+    """With bands of 3 rows and WHOLE_MAP_BANDS = 3 a map of up to 9 rows runs in one piece, one of 10 in 4 bands."""
+    small_bands(3 * 5 * 4, whole_map_bands=3)
+    calls = []
+    x = torch.randn(1, height * 5, 2)
+    out = map_row_bands(lambda kept, context, hw, rows: calls.append(hw) or kept, x, (height, 5), 4)
+    assert row_bands.band_height(x, (height, 5), 4) == (None if whole else 3)
+    assert len(calls) == (1 if whole else 4) and torch.equal(out, x)
 
 
 def test_map_row_bands_runs_whole_maps_off_the_cpu(small_bands):
@@ -272,6 +285,43 @@ def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
     assert OneDNNLinear(24, 40).state_dict().keys() == torch.nn.Linear(24, 40).state_dict().keys()
 
 
+def _onednn_calls(monkeypatch) -> list:
+    """Counts the calls of oneDNN's matmul."""
+    calls = []
+    onednn = row_bands.ONEDNN_LINEAR
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: calls.append(args[1].shape) or onednn(*args))
+    return calls
+
+
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+@pytest.mark.parametrize('num_keys', [7, 40], ids=['clusters', 'full'])
+def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, num_keys):
+    """Head by head on oneDNN (forced by BY_HEAD_PRODUCTS = 0), two samples, keys and values as the heads of a
+    stacked k/v projection (strided views), scores in chunks of 3 queries: the fused kernel's values within fp32
+    rounding. With gradients, in bf16 and below BY_HEAD_PRODUCTS it is the fused kernel."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+    monkeypatch.setattr(attention, 'SCORE_ELEMENTS', 3 * num_keys)  # 40 queries: 13 chunks of 3, then one
+    calls = _onednn_calls(monkeypatch)
+    heads, head_dim = 3, 8
+    queries = torch.randn(2, 40, heads * head_dim)
+    keys, values = rearrange(torch.randn(2, num_keys, 2 * heads * head_dim), 'b m (t h d) -> t b h m d', t=2, h=heads)
+    expected = F.scaled_dot_product_attention(rearrange(queries, 'b n (h d) -> b h n d', h=heads), keys, values)
+    expected = rearrange(expected, 'b h n d -> b n (h d)')
+    with torch.no_grad():
+        out = multi_head_attention(queries, keys, values)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 2 * 2 * heads * 14 and calls[:2] == [(num_keys, head_dim), (head_dim, num_keys)]
+
+    calls.clear()
+    assert multi_head_attention(queries, keys.requires_grad_(), values).grad_fn is not None
+    with torch.no_grad():
+        assert multi_head_attention(queries.bfloat16(), keys.bfloat16(), values.bfloat16()).dtype == torch.bfloat16
+        monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 40 * num_keys * head_dim + 1)
+        torch.testing.assert_close(multi_head_attention(queries, keys, values), expected)
+    assert calls == []
+
+
 def test_fused_linear_equals_the_separate_layers():
     torch.manual_seed(0)
     layers = [torch.nn.Linear(12, 12) for _ in range(3)]
@@ -329,15 +379,23 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
     [dict(arch='tiny'), dict(arch='tiny', clustering='mlp'), dict(arch='tiny', assignment='block')],
     ids=['conv', 'mlp', 'block'],
 )
-def test_backbone_equals_the_plain_composition(small_bands, kwargs):
-    """Outputs within 1e-5 of the plain NCHW computation, at an odd size, with FFN bands of 2-3 rows in stage 1."""
+@pytest.mark.parametrize('by_head', [False, True], ids=['fused', 'by_head'])
+def test_backbone_equals_the_plain_composition(small_bands, monkeypatch, kwargs, by_head):
+    """Outputs within 1e-5 of the plain NCHW computation, at an odd size, with FFN bands of 2-3 rows in stage 1,
+    and with attention head by head on oneDNN where it runs (BY_HEAD_PRODUCTS = 0)."""
     torch.manual_seed(0)
     small_bands(2 * 60 * 384)
+    by_head_runs = []
+    if by_head:
+        monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+        runs = attention._runs_on_onednn
+        monkeypatch.setattr(attention, '_runs_on_onednn', lambda *args: by_head_runs.append(runs(*args)) or runs(*args))
     model = PaCaViT(**kwargs, drop_path_rate=0.0).eval()
     images = torch.randn(1, 3, 97, 233)
     with torch.no_grad():
         outs = model(images)
         expected = _reference_forward(model, images)
+    assert set(by_head_runs) == ({row_bands.ONEDNN_LINEAR is not None} if by_head else set())  # every band
     for out, ref in zip(outs, expected):
         assert out.is_contiguous()
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

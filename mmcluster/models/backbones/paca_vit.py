@@ -49,6 +49,7 @@ from ..layers import (
     linear,
     linear_into,
     map_row_bands,
+    multi_head_attention,
     pool_clusters,
 )
 from .base import (
@@ -156,8 +157,9 @@ class PatchToClusterAttention(nn.Module):
     Queries come from the N patch tokens X; keys and values from M cluster tokens
     Z = LayerNorm(C^T X) (Eqn. 2), where C^T (B, M, N) is the soft assignment. With ``num_clusters=0``
     this is ordinary multi-head self-attention over all N tokens. Attention runs through torch's fused
-    ``scaled_dot_product_attention`` (scale head_dim ** -0.5). The assignment and the pooling ``C^T X``
-    run in fp32 also under autocast (see :func:`~mmcluster.models.layers.pool_clusters`).
+    ``scaled_dot_product_attention`` (scale head_dim ** -0.5), on CPUs in inference head by head on oneDNN's
+    matmul where that is faster (:func:`~mmcluster.models.layers.multi_head_attention`). The assignment and the
+    pooling ``C^T X`` run in fp32 also under autocast (see :func:`~mmcluster.models.layers.pool_clusters`).
 
     Args:
         dim: token channels C.
@@ -215,8 +217,7 @@ class PatchToClusterAttention(nn.Module):
 
     def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The attention output of the normalised tokens x (B, n, C), any subset of the map's tokens."""
-        out = F.scaled_dot_product_attention(self._split_heads(self.q(x)), keys, values)
-        return self.proj(rearrange(out, 'b h n d -> b n (h d)'))
+        return self.proj(multi_head_attention(self.q(x), keys, values))
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, 'b n (h d) -> b h n d', h=self.num_heads)

@@ -1,5 +1,6 @@
 """Layers shared by mmcluster's model families (torch, timm and einops only)."""
 
+from .attention import multi_head_attention
 from .blur_conv import BlurConv2d
 from .clustering import SoftAssignment, pool_clusters, soft_assignment
 from .conv_downsample import ConvDownsample
@@ -51,6 +52,7 @@ __all__ = [
     'linear',
     'linear_into',
     'map_row_bands',
+    'multi_head_attention',
     'neighbourhood_mask',
     'pool_clusters',
     'reconstruction_weights',

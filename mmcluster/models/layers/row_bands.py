@@ -29,6 +29,10 @@ import torch.nn.functional as F
 # Hidden activation elements per band: 2**21 fp32 values (8 MiB), which fits the L3 cache with the band's
 # inputs and outputs; bands of 4 to 32 rows at PaCa-ViT's widths at 800x1280.
 BAND_ELEMENTS = 2**21
+# Maps of at most this many bands run whole: there the bands' own work (halo rows convolved twice, the norms of
+# the clustering and pooling redone per band, band outputs copied) costs more than the cache saves. On the Zen 5
+# machine of docs/benchmarks.md, PaCa-Small at 800x1280 took 0.96-0.97 of the time with its stage 2 (3 bands) whole.
+WHOLE_MAP_BANDS = 3
 
 Grid = tuple[int, int]
 RowwiseFn = Callable[[torch.Tensor, Grid, Optional[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
@@ -37,9 +41,9 @@ LocalFn = Callable[[torch.Tensor, torch.Tensor, Grid, slice], torch.Tensor]
 
 def band_height(x: torch.Tensor, hw: Grid, hidden_dim: int, halo: int = 0) -> Optional[int]:
     """Rows per band for tokens x (B, H*W, C) whose widest intermediate has ``hidden_dim`` channels, or None
-    when the map runs whole: off the CPU, or when one band would hold the whole map."""
+    when the map runs whole: off the CPU, or when :data:`WHOLE_MAP_BANDS` bands would hold the whole map."""
     rows = max(1, halo, BAND_ELEMENTS // (x.shape[0] * hw[1] * hidden_dim))
-    return None if x.device.type != 'cpu' or rows >= hw[0] else rows
+    return None if x.device.type != 'cpu' or rows * WHOLE_MAP_BANDS >= hw[0] else rows
 
 
 def token_chunk(x: torch.Tensor, channels: int) -> Optional[int]:
