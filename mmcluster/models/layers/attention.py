@@ -27,10 +27,12 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     This is torch's fused ``scaled_dot_product_attention``, except in fp32 CPU inference with at least
     :data:`BY_HEAD_PRODUCTS` multiply-adds per head in Q K^T: there each head is two matmuls on oneDNN (as
     PaCa-ViT's linear layers, :func:`~.row_bands.linear`) around a softmax over the scores in place, for a chunk
-    of queries at a time. The fused CPU kernel runs its products on BLAS GEMMs of small blocks; on the Zen 5
-    machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, head by head took 0.70-0.83
-    of the fused kernel's time on PaCa-Small's attention at 800x1280 and above it, and 1.0-2.4x on fewer products
-    (224^2 maps). The same products and softmax: the scale multiplies the keys instead of the scores.
+    of queries at a time. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On the Zen 5
+    machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, single calls above the
+    threshold at PaCa-Small's shapes took 0.70-0.83 of the fused kernel's time (the full attention of stage 3 over
+    1000-4000 tokens: 0.78-0.83 with glibc's heap kept, 1.1-1.7x with default malloc, where the 4 MiB score
+    chunks page-fault), and below it 1.0-2.4x (224^2 maps). The same products and softmax; the scale multiplies
+    the keys instead of the scores.
     """
     heads, head_dim = keys.shape[1], keys.shape[-1]
     if queries.shape[1] * keys.shape[2] * head_dim < BY_HEAD_PRODUCTS or not _runs_on_onednn(queries, keys, values):
