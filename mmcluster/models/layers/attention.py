@@ -9,9 +9,10 @@ from einops import rearrange
 from . import row_bands
 
 # Products per head (queries x keys x head width) from which fp32 CPU inference runs head by head on oneDNN's
-# matmul instead of torch's fused kernel, and the scores computed at a time (4 MiB in fp32).
+# matmul instead of torch's fused kernel, and the scores computed at a time (16 MiB in fp32: PaCa-Small's stage 3
+# at 1600x2560 took 0.89-0.96 of the time of 4 MiB chunks, 1.5-2.6x with 32-64 MiB, docs/benchmarks.md).
 BY_HEAD_PRODUCTS = 2**23
-SCORE_ELEMENTS = 2**20
+SCORE_ELEMENTS = 2**22
 
 
 def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -30,9 +31,9 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     of queries at a time. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On the Zen 5
     machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, single calls above the
     threshold at PaCa-Small's shapes took 0.70-0.83 of the fused kernel's time (the full attention of stage 3 over
-    1000-4000 tokens: 0.78-0.83 with glibc's heap kept, 1.1-1.7x with default malloc, where the 4 MiB score
-    chunks page-fault), and below it 1.0-2.4x (224^2 maps). The same products and softmax; the scale multiplies
-    the keys instead of the scores.
+    1000-4000 tokens: 0.78-0.83 with glibc's heap kept, 1.1-1.7x with default malloc in a fresh process; in the
+    model, 0.88 with default malloc at 1600x2560), and below it 1.0-2.4x (224^2 maps). The same products and
+    softmax; the scale multiplies the keys instead of the scores.
     """
     heads, head_dim = keys.shape[1], keys.shape[-1]
     if queries.shape[1] * keys.shape[2] * head_dim < BY_HEAD_PRODUCTS or not _runs_on_onednn(queries, keys, values):
