@@ -140,7 +140,7 @@ def test_tokens_last_output_with_gradients(small_bands, elements):
 
 
 @pytest.mark.parametrize('height,whole', [(9, True), (10, False), (3, True)])
-def test_maps_of_at_most_whole_map_bands_bands_run_whole(small_bands, height, whole):
+def test_maps_of_at_most_whole_map_bands_run_whole(small_bands, height, whole):
     """With bands of 3 rows and WHOLE_MAP_BANDS = 3 a map of up to 9 rows runs in one piece, one of 10 in 4 bands."""
     small_bands(3 * 5 * 4, whole_map_bands=3)
     calls = []
@@ -298,7 +298,8 @@ def _onednn_calls(monkeypatch) -> list:
 def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, num_keys):
     """Head by head on oneDNN (forced by BY_HEAD_PRODUCTS = 0), two samples, keys and values as the heads of a
     stacked k/v projection (strided views), scores in chunks of 3 queries: the fused kernel's values within fp32
-    rounding. With gradients, in bf16 and below BY_HEAD_PRODUCTS it is the fused kernel."""
+    rounding, from exactly BY_HEAD_PRODUCTS on. Below it, with gradients, in bf16 and with keys broadcast over the
+    queries' batch it is the fused kernel."""
     torch.manual_seed(0)
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
     monkeypatch.setattr(attention, 'SCORE_ELEMENTS', 3 * num_keys)  # 40 queries: 13 chunks of 3, then one
@@ -313,12 +314,22 @@ def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, 
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert len(calls) == 2 * 2 * heads * 14 and calls[:2] == [(num_keys, head_dim), (head_dim, num_keys)]
 
-    calls.clear()
-    assert multi_head_attention(queries, keys.requires_grad_(), values).grad_fn is not None
+    products = 40 * num_keys * head_dim
     with torch.no_grad():
-        assert multi_head_attention(queries.bfloat16(), keys.bfloat16(), values.bfloat16()).dtype == torch.bfloat16
-        monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 40 * num_keys * head_dim + 1)
+        monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', products)  # exactly the threshold: head by head
+        calls.clear()
+        torch.testing.assert_close(multi_head_attention(queries, keys, values), expected, rtol=1e-5, atol=1e-6)
+        assert len(calls) == 2 * 2 * heads * 14
+        calls.clear()
+        monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', products + 1)
         torch.testing.assert_close(multi_head_attention(queries, keys, values), expected)
+        monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+        assert multi_head_attention(queries.bfloat16(), keys.bfloat16(), values.bfloat16()).dtype == torch.bfloat16
+        # keys and values of one sample for two samples of queries: broadcast by the fused kernel
+        split = rearrange(queries, 'b n (h d) -> b h n d', h=heads)
+        broadcast = rearrange(F.scaled_dot_product_attention(split, keys[:1], values[:1]), 'b h n d -> b n (h d)')
+        torch.testing.assert_close(multi_head_attention(queries, keys[:1], values[:1]), broadcast)
+    assert multi_head_attention(queries, keys.requires_grad_(), values).grad_fn is not None
     assert calls == []
 
 
@@ -388,8 +399,13 @@ def test_backbone_equals_the_plain_composition(small_bands, monkeypatch, kwargs,
     by_head_runs = []
     if by_head:
         monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
-        runs = attention._runs_on_onednn
-        monkeypatch.setattr(attention, '_runs_on_onednn', lambda *args: by_head_runs.append(runs(*args)) or runs(*args))
+        by_head_of = attention._by_head
+
+        def by_head_spy(*args):
+            by_head_runs.append(by_head_of(*args))
+            return by_head_runs[-1]
+
+        monkeypatch.setattr(attention, '_by_head', by_head_spy)
     model = PaCaViT(**kwargs, drop_path_rate=0.0).eval()
     images = torch.randn(1, 3, 97, 233)
     with torch.no_grad():

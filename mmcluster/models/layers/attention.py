@@ -10,7 +10,8 @@ from . import row_bands
 
 # Products per head (queries x keys x head width) from which fp32 CPU inference runs head by head on oneDNN's
 # matmul instead of torch's fused kernel, and the scores computed at a time (16 MiB in fp32: PaCa-Small's stage 3
-# at 1600x2560 took 0.89-0.96 of the time of 4 MiB chunks, 1.5-2.6x with 32-64 MiB, docs/benchmarks.md).
+# at 1600x2560 took 0.89-0.96 of its time with 4 MiB chunks; 32 and 64 MiB chunks took 1.5 and 2.6 times as long
+# as 16 MiB ones with default malloc, docs/benchmarks.md).
 BY_HEAD_PRODUCTS = 2**23
 SCORE_ELEMENTS = 2**22
 
@@ -29,21 +30,23 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     :data:`BY_HEAD_PRODUCTS` multiply-adds per head in Q K^T: there each head is two matmuls on oneDNN (as
     PaCa-ViT's linear layers, :func:`~.row_bands.linear`) around a softmax over the scores in place, for a chunk
     of queries at a time. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On the Zen 5
-    machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, single calls above the
-    threshold at PaCa-Small's shapes took 0.70-0.83 of the fused kernel's time (the full attention of stage 3 over
-    1000-4000 tokens: 0.78-0.83 with glibc's heap kept, 1.1-1.7x with default malloc in a fresh process; in the
-    model, 0.88 with default malloc at 1600x2560), and below it 1.0-2.4x (224^2 maps). The same products and
+    machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, PaCa-ViT's calls above the
+    threshold (the cluster attention of stages 0-2 at 800x1280 and of stage 0 at 224^2, stage 3's full attention
+    over 1000 and 4000 tokens) took 0.77-0.87 of the fused kernel's time one by one with glibc's heap kept, and
+    0.76-1.5x with default malloc, whose state changes from round to round (in the model there, stage 3 at
+    1600x2560 with 4 MiB chunks: 0.88); calls below it 1.0-2.4x (196-784 queries). The same products and
     softmax; the scale multiplies the keys instead of the scores.
     """
     heads, head_dim = keys.shape[1], keys.shape[-1]
-    if queries.shape[1] * keys.shape[2] * head_dim < BY_HEAD_PRODUCTS or not _runs_on_onednn(queries, keys, values):
+    if not _by_head(queries, keys, values):
         out = F.scaled_dot_product_attention(rearrange(queries, 'b n (h d) -> b h n d', h=heads), keys, values)
         return rearrange(out, 'b h n d -> b n (h d)')
-    # oneDNN takes each head's keys (M, d) and values^T (d, M) as the weights of linear layers: contiguous, as a
-    # strided weight (a head's columns of the stacked k/v output) is slower by orders of magnitude
-    keys = torch.mul(keys, head_dim**-0.5, out=torch.empty(keys.shape, dtype=keys.dtype))
+    # Each head's keys (M, d) and values^T (d, M) are the weights of linear layers, made contiguous: linear() runs
+    # a strided weight (a head's columns of the stacked k/v output) as F.linear, and oneDNN's matmul on one took
+    # 274 instead of 0.2 ms.
+    keys = torch.mul(keys, head_dim**-0.5, out=keys.new_empty(keys.shape))
     values_t = values.transpose(-2, -1).contiguous()
-    out = torch.empty(queries.shape, dtype=queries.dtype)
+    out = queries.new_empty(queries.shape)
     chunk = max(1, SCORE_ELEMENTS // keys.shape[2])
     for sample in range(queries.shape[0]):
         for head in range(heads):
@@ -56,5 +59,17 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     return out
 
 
-def _runs_on_onednn(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
-    return row_bands.ONEDNN_LINEAR is not None and row_bands._cpu_fp32_inference(queries, keys, values)
+def _by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether :func:`multi_head_attention` runs head by head: fp32 CPU inference on oneDNN, at least
+    :data:`BY_HEAD_PRODUCTS` products per head, and the shapes of the docstring (no broadcast batch, values as wide
+    as the keys); else the fused kernel, which also checks the shapes."""
+    batch, heads, num_keys, head_dim = keys.shape
+    return (
+        queries.dim() == 3
+        and queries.shape[0] == batch
+        and queries.shape[2] == heads * head_dim
+        and values.shape == keys.shape
+        and queries.shape[1] * num_keys * head_dim >= BY_HEAD_PRODUCTS
+        and row_bands.ONEDNN_LINEAR is not None
+        and row_bands.cpu_fp32_inference(queries, keys, values)
+    )

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 # Hidden activation elements per band: 2**21 fp32 values (8 MiB), which fits the L3 cache with the band's
 # inputs and outputs; bands of 4 to 32 rows at PaCa-ViT's widths at 800x1280.
 BAND_ELEMENTS = 2**21
-# Maps of at most this many bands run whole: there the bands' own work (halo rows convolved twice, the norms of
+# Maps of at most this many bands run whole: there the bands' own work (halo rows read by two bands, the norms of
 # the clustering and pooling redone per band, band outputs copied) costs more than the cache saves. On the Zen 5
 # machine of docs/benchmarks.md, PaCa-Small at 800x1280 took 0.96-0.97 of the time with its stage 2 (3 bands) whole.
 WHOLE_MAP_BANDS = 3
@@ -223,7 +223,7 @@ FUSED_CONV = _onednn_op('_convolution_pointwise')  # convolution + fused activat
 ONEDNN_LINEAR = _onednn_op('_linear_pointwise')  # matmul of linear layers
 
 
-def _cpu_fp32_inference(x: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
+def cpu_fp32_inference(x: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
     """Whether an op on x with ``params`` (weight, bias) may run on oneDNN's private CPU ops: fp32 on the CPU,
     no autocast, no gradient needed, and neither compiling (the compiler emits and fuses such ops itself; the
     fake kernel of the fused conv gives a band of a channels-last map NCHW strides, on which Inductor's
@@ -256,7 +256,7 @@ def _conv_act(
         isinstance(act, nn.GELU)
         and act.approximate == 'none'
         and FUSED_CONV is not None
-        and _cpu_fp32_inference(x, weight, bias)
+        and cpu_fp32_inference(x, weight, bias)
     )
     if fusable:
         return FUSED_CONV(x, weight, bias, list(padding), [1, 1], [1, 1], groups, 'gelu', [], 'none')
@@ -272,7 +272,7 @@ def _onednn_linear_runs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
         and x.numel() > 0
         and weight.dim() == 2
         and weight.is_contiguous()
-        and _cpu_fp32_inference(x, weight, bias)
+        and cpu_fp32_inference(x, weight, bias)
     )
 
 
