@@ -255,15 +255,21 @@ def test_conv_rows_fuses_the_gelu_in_inference(monkeypatch, kernel_size):
     assert len(calls) == 4 and out.grad_fn is not None
 
 
+def _onednn_calls(monkeypatch) -> list:
+    """Counts the calls of oneDNN's matmul."""
+    calls = []
+    onednn = row_bands.ONEDNN_LINEAR
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: calls.append(args[1].shape) or onednn(*args))
+    return calls
+
+
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
 def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
     """linear() gives F.linear's values (within fp32 rounding: the same products summed in another order) for
     2-D, 3-D and strided inputs, with and without bias, through oneDNN's matmul in fp32 inference only: with
     gradients, under autocast, in bf16 and for empty inputs it is F.linear."""
     torch.manual_seed(0)
-    calls = []
-    onednn = row_bands.ONEDNN_LINEAR
-    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: calls.append(args[1].shape) or onednn(*args))
+    calls = _onednn_calls(monkeypatch)
     layer = OneDNNLinear(24, 40)
     wide = torch.randn(3, 17, 48)
     inputs = [torch.randn(30, 24), torch.randn(2, 17, 24), wide[..., ::2], wide[:, 2:9, 24:]]
@@ -283,14 +289,6 @@ def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
         assert layer(x[:, :0]).shape == (2, 0, 40)
     assert len(calls) == 3 * len(inputs)
     assert OneDNNLinear(24, 40).state_dict().keys() == torch.nn.Linear(24, 40).state_dict().keys()
-
-
-def _onednn_calls(monkeypatch) -> list:
-    """Counts the calls of oneDNN's matmul."""
-    calls = []
-    onednn = row_bands.ONEDNN_LINEAR
-    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: calls.append(args[1].shape) or onednn(*args))
-    return calls
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
