@@ -18,6 +18,7 @@ from mmcluster.models.layers import (
     conv_rows,
     linear,
     linear_into,
+    linear_tokens_last,
     map_row_bands,
     multi_head_attention,
     pool_clusters,
@@ -124,14 +125,16 @@ def test_linear_into_writes_the_layers_output_into_out(monkeypatch):
 
 @pytest.mark.parametrize('elements', [1, 3 * 13 * 8, 2**30])
 def test_tokens_last_output_with_gradients(small_bands, elements):
-    """tokens_last: the bands written into one contiguous (B, C', N) tensor, gradients flowing through it."""
+    """tokens_last: the (B, C', n) bands written into one contiguous (B, C', N) tensor, gradients flowing
+    through it."""
     torch.manual_seed(0)
     small_bands(elements)
     weight = torch.randn(8, 1, 3, 3)
     x = torch.randn(2, 17 * 13, 8, requires_grad=True)
     conv = _conv_layer(weight, 1, [])
     expected = conv(x, x, (17, 13), slice(0, 17)).transpose(1, 2)
-    out = map_row_bands(conv, x, (17, 13), hidden_dim=4, halo=1, tokens_last=True)
+    transposed = lambda *args: conv(*args).transpose(1, 2)  # noqa: E731
+    out = map_row_bands(transposed, x, (17, 13), hidden_dim=4, halo=1, tokens_last=True)
     assert out.is_contiguous() and out.shape == (2, 8, 17 * 13)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     (grad,) = torch.autograd.grad(out.square().sum(), x)
@@ -261,6 +264,53 @@ def _onednn_calls(monkeypatch) -> list:
     onednn = row_bands.ONEDNN_LINEAR
     monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: calls.append(args[1].shape) or onednn(*args))
     return calls
+
+
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+def test_linear_applies_an_exact_gelu_inside_onednns_matmul(monkeypatch):
+    """linear(..., act): an exact GELU is oneDNN's post-op in fp32 inference (no separate GELU), other activations
+    (the tanh GELU included) run after the matmul; the values are act(F.linear(...))'s either way."""
+    torch.manual_seed(0)
+    attrs = []
+    onednn = row_bands.ONEDNN_LINEAR
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: attrs.append(args[3]) or onednn(*args))
+    x, weight, bias = torch.randn(2, 17, 24), torch.randn(40, 24), torch.randn(40)
+    for act in (torch.nn.GELU(), torch.nn.GELU(approximate='tanh'), torch.nn.ReLU()):
+        with torch.no_grad():
+            out = linear(x, weight, bias, act)
+        torch.testing.assert_close(out, act(F.linear(x, weight, bias)), rtol=1e-5, atol=1e-6)
+    assert attrs == ['gelu', 'none', 'none']
+    x.requires_grad_(True)
+    out = linear(x, weight, bias, torch.nn.GELU())  # gradients needed: F.linear, then the module
+    assert out.grad_fn is not None and len(attrs) == 3
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+@pytest.mark.parametrize('with_bias', [False, True])
+def test_linear_tokens_last_is_the_transposed_product(monkeypatch, batch, with_bias):
+    """linear_tokens_last(x, W, b) equals F.linear(x, W, b).transpose(1, 2) as a contiguous tensor: in fp32
+    inference taken as W x^T per sample on oneDNN's matmul (where there is one), with gradients, in bf16 and for
+    strided tokens through F.linear and a transposing copy."""
+    torch.manual_seed(0)
+    calls = _onednn_calls(monkeypatch) if row_bands.ONEDNN_LINEAR is not None else []
+    x, weight = torch.randn(batch, 37, 24), torch.randn(10, 24)
+    bias = torch.randn(10) if with_bias else None
+    expected = F.linear(x, weight, bias).transpose(1, 2)
+    with torch.no_grad():
+        out = linear_tokens_last(x, weight, bias)
+        assert out.shape == (batch, 10, 37) and out.is_contiguous()
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        assert calls == ([(37, 24)] * batch if row_bands.ONEDNN_LINEAR is not None else [])
+        strided = torch.randn(batch, 37, 48)[..., ::2]
+        out = linear_tokens_last(strided, weight, bias)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, F.linear(strided, weight, bias).transpose(1, 2))
+        out = linear_tokens_last(x.bfloat16(), weight.bfloat16(), None if bias is None else bias.bfloat16())
+        assert out.dtype == torch.bfloat16 and out.is_contiguous()
+    x.requires_grad_(True)
+    out = linear_tokens_last(x, weight, bias)
+    torch.testing.assert_close(out, expected)
+    assert out.grad_fn is not None and len(calls) == (batch if row_bands.ONEDNN_LINEAR is not None else 0)
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')

@@ -48,6 +48,7 @@ from ..layers import (
     conv_rows,
     linear,
     linear_into,
+    linear_tokens_last,
     map_row_bands,
     multi_head_attention,
     pool_clusters,
@@ -113,13 +114,13 @@ class ConvClustering(nn.Module):
         return map_row_bands(band_logits, x, hw, x.shape[-1], halo, normalise, tokens_last=True)  # (B, M, N)
 
     def token_logits(self, x: torch.Tensor, hw: tuple[int, int], rows: slice) -> torch.Tensor:
-        """Logits (B, n, M) of the tokens in ``rows`` of x (B, N, C), tokens of an H x W map (the rows
+        """Logits (B, M, n) of the n tokens in ``rows`` of x (B, N, C), tokens of an H x W map (the rows
         around them are the depth-wise conv's context)."""
         spatial = rearrange(x, 'b (h w) c -> b c h w', h=hw[0], w=hw[1])  # a channels-last view
         x = rearrange(conv_rows(self.spatial_mix, spatial, rows, act=self.act), 'b c h w -> b (h w) c')
-        # the 1x1 convs as the GEMMs on tokens that they are (same weights)
-        x = self.act(linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias))
-        return linear(x, self.to_clusters.weight.flatten(1))
+        # the 1x1 convs as the GEMMs on tokens that they are (same weights), the logits tokens last
+        x = linear(x, self.channel_mix.weight.flatten(1), self.channel_mix.bias, self.act)
+        return linear_tokens_last(x, self.to_clusters.weight.flatten(1))
 
 
 class MlpClustering(nn.Module):
@@ -136,7 +137,11 @@ class MlpClustering(nn.Module):
         # token-wise: band by band on CPUs, the 4C hidden tokens in the cache
         hidden = self.fc.out_features
         normalised = lambda tokens: tokens if norm is None else norm(tokens)  # noqa: E731
-        band_logits = lambda tokens, *_: self.to_clusters(self.act(self.fc(normalised(tokens))))  # noqa: E731
+        band_logits = lambda tokens, *_: linear_tokens_last(  # noqa: E731
+            linear(normalised(tokens), self.fc.weight, self.fc.bias, self.act),
+            self.to_clusters.weight,
+            self.to_clusters.bias,
+        )
         return map_row_bands(band_logits, x, hw, hidden, tokens_last=True)  # (B, M, N)
 
 

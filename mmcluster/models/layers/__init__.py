@@ -14,7 +14,16 @@ from .equitable_clustering import (
 )
 from .ffn import DWConvFFN
 from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
-from .row_bands import OneDNNLinear, band_height, contiguous_nchw, conv_rows, linear, linear_into, map_row_bands
+from .row_bands import (
+    OneDNNLinear,
+    band_height,
+    contiguous_nchw,
+    conv_rows,
+    linear,
+    linear_into,
+    linear_tokens_last,
+    map_row_bands,
+)
 from .seca import LCE_KERNEL_SIZE, SECAttention
 from .token_clustering import (
     FullResolutionSwitch,
@@ -51,6 +60,7 @@ __all__ = [
     'equitable_layout',
     'linear',
     'linear_into',
+    'linear_tokens_last',
     'map_row_bands',
     'multi_head_attention',
     'neighbourhood_mask',

@@ -70,7 +70,8 @@ def map_row_bands(
       row r only. It runs once per row. Without it, ``kept`` and ``context`` are x itself. ``out`` is None, or
       in inference a (B, n, C_context) view of the buffer that holds the band's context: a ``rowwise`` that
       writes its context there (:func:`linear_into`) and returns ``out`` saves a copy.
-    * ``local(kept, context, context_hw, rows) -> out``: the output tokens (B, n, C') of ``kept``'s rows.
+    * ``local(kept, context, context_hw, rows) -> out``: the output tokens (B, n, C') of ``kept``'s rows
+      ((B, C', n) with ``tokens_last``).
       ``context`` (on a ``context_hw`` grid) holds the same rows of the row-wise ``context`` plus up to
       ``halo`` rows above and below them (fewer at the map's borders, where a convolution's zero padding
       stands in for them); ``rows`` is the slice of ``kept``'s rows within ``context``.
@@ -82,14 +83,15 @@ def map_row_bands(
         hidden_dim: the widest intermediate per token (channels), which sets the band height.
         halo: rows of context each output row needs on either side.
         rowwise: the row-wise part, see above.
-        tokens_last: return the output as a contiguous (B, C', H*W) tensor instead of (B, H*W, C').
+        tokens_last: ``local`` returns its output tokens last, (B, C', n), and so does this function: a
+            contiguous (B, C', H*W) tensor instead of (B, H*W, C').
     """
     height, width = hw
     rows = band_height(x, hw, hidden_dim, halo)
     if rows is None:
         kept, context = rowwise(x, hw, None) if rowwise is not None else (x, x)
         out = local(kept, context, hw, slice(0, height))
-        return out.transpose(1, 2).contiguous() if tokens_last else out
+        return out.contiguous() if tokens_last else out
     grid = x.unflatten(1, (height, width))
     bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
     outs = _BandOutputs(height * width, tokens_last)
@@ -252,16 +254,16 @@ def _conv_act(
     the fused op that torch.compile's CPU backend uses): the activation is applied while the output is in
     registers, instead of by one more pass over it. Its values are within 1e-6 of the conv's, then ``F.gelu``'s
     (``tests/models/test_paca_speed_paths.py``)."""
-    fusable = (
-        isinstance(act, nn.GELU)
-        and act.approximate == 'none'
-        and FUSED_CONV is not None
-        and cpu_fp32_inference(x, weight, bias)
-    )
+    fusable = _exact_gelu(act) and FUSED_CONV is not None and cpu_fp32_inference(x, weight, bias)
     if fusable:
         return FUSED_CONV(x, weight, bias, list(padding), [1, 1], [1, 1], groups, 'gelu', [], 'none')
     out = F.conv2d(x, weight, bias, padding=padding, groups=groups)
     return out if act is None else act(out)
+
+
+def _exact_gelu(act: Optional[nn.Module]) -> bool:
+    """Whether ``act`` is the exact (erf) GELU, which oneDNN's convolution and matmul can apply as a post-op."""
+    return isinstance(act, nn.GELU) and act.approximate == 'none'
 
 
 def _onednn_linear_runs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -276,16 +278,39 @@ def _onednn_linear_runs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``. In fp32 CPU inference it runs on oneDNN's matmul
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, act: Optional[nn.Module] = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then ``act`` if given. In fp32 CPU inference it runs on oneDNN's matmul
     (``torch.ops.mkldnn._linear_pointwise``) instead of the BLAS ``addmm`` of ``F.linear``: on the project's
     2-core EPYC machines mostly 3-20% faster at PaCa-ViT's shapes, one of twelve 8% slower, on AMD Zen 4
     CPUs; about 2x faster on Zen 5 ones (CPU family 26), where MKL's GEMM runs at less than half oneDNN's rate
     (``docs/benchmarks.md``). The same products, summed in another order
-    (``tests/models/test_paca_speed_paths.py``)."""
+    (``tests/models/test_paca_speed_paths.py``). An exact GELU as ``act`` then runs inside the matmul (its
+    ``gelu_erf`` post-op, as in :func:`conv_rows`), while the output is in registers: the same values as
+    ``F.gelu`` of the product, one pass over the output instead of two."""
     if _onednn_linear_runs(x, weight, bias):
-        return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
-    return F.linear(x, weight, bias)
+        fused = _exact_gelu(act)
+        attr, algorithm = ('gelu', 'none') if fused else ('none', '')
+        out = ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
+        return out if fused or act is None else act(out)
+    out = F.linear(x, weight, bias)
+    return out if act is None else act(out)
+
+
+def linear_tokens_last(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias).transpose(1, 2)`` for tokens x (B, n, C) and a weight (M, C): a contiguous
+    (B, M, n) tensor. In fp32 CPU inference each sample's product is taken the other way round,
+    ``weight @ x[b]^T``, on oneDNN's matmul with the sample's tokens as the matmul's weight, so that it comes
+    out in this layout without the transposing copy, which took longer than the product itself (PaCa-ViT's
+    stage-0 cluster logits at 800x1280: 3.0 ms product, 7.2 ms with the copy; 3.1 ms this way round,
+    ``docs/benchmarks.md``); the bias, one per row, is added afterwards."""
+    onednn = x.dim() == 3 and x.numel() > 0 and x.is_contiguous() and cpu_fp32_inference(x, bias)
+    if onednn and _onednn_linear_runs(weight, x[0], None):
+        products = [ONEDNN_LINEAR(weight, sample, None, 'none', [], '') for sample in x]
+        out = products[0].unsqueeze(0) if len(products) == 1 else torch.stack(products)
+        return out if bias is None else out.add_(bias.unsqueeze(-1))
+    return F.linear(x, weight, bias).transpose(1, 2).contiguous()
 
 
 class OneDNNLinear(nn.Linear):
@@ -315,10 +340,10 @@ def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
 
 
 class _BandOutputs:
-    """The bands' outputs (B, n, C'), top to bottom, each copied into one full-size output as it comes: a
-    (B, N, C') tensor, or a (B, C', N) one with ``tokens_last``. A band's output is freed as soon as it is
-    copied, so the next band reuses its memory (still in the cache) instead of the bands piling up for a
-    concatenation at the end."""
+    """The bands' outputs, top to bottom, each copied into one full-size output as it comes: (B, n, C') bands
+    into a (B, N, C') tensor, or with ``tokens_last`` (B, C', n) ones into a (B, C', N) tensor. A band's output
+    is freed as soon as it is copied, so the next band reuses its memory (still in the cache) instead of the
+    bands piling up for a concatenation at the end."""
 
     def __init__(self, num_tokens: int, tokens_last: bool) -> None:
         self.num_tokens, self.tokens_last = num_tokens, tokens_last
@@ -326,15 +351,13 @@ class _BandOutputs:
         self.filled = 0
 
     def append(self, band: torch.Tensor) -> None:
-        batch, tokens, channels = band.shape
+        axis = 2 if self.tokens_last else 1
         if self.out is None:
-            shape = (batch, channels, self.num_tokens) if self.tokens_last else (batch, self.num_tokens, channels)
+            shape = list(band.shape)
+            shape[axis] = self.num_tokens
             self.out = band.new_empty(shape)
-        if self.tokens_last:
-            self.out[:, :, self.filled : self.filled + tokens] = band.transpose(1, 2)
-        else:
-            self.out[:, self.filled : self.filled + tokens] = band
-        self.filled += tokens
+        self.out.narrow(axis, self.filled, band.shape[axis]).copy_(band)
+        self.filled += band.shape[axis]
 
     def result(self) -> torch.Tensor:
         assert self.out is not None and self.filled == self.num_tokens
