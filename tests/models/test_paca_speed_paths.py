@@ -345,11 +345,13 @@ def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
 @pytest.mark.parametrize('num_keys', [7, 40], ids=['clusters', 'full'])
 def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, num_keys):
     """Head by head on oneDNN (forced by BY_HEAD_PRODUCTS = 0), two samples, keys and values as the heads of a
-    stacked k/v projection (strided views), scores in chunks of 3 queries: the fused kernel's values within fp32
-    rounding, from exactly BY_HEAD_PRODUCTS on. Below it, with gradients, in bf16 and with keys broadcast over the
-    queries' batch it is the fused kernel."""
+    stacked k/v projection (strided views), scores in chunks of 3 queries, the softmax into a buffer of its own (7
+    keys) or over the scores (40 keys): the fused kernel's values within fp32 rounding, from exactly
+    BY_HEAD_PRODUCTS on. Below it, with gradients, in bf16 and with keys broadcast over the queries' batch it is
+    the fused kernel."""
     torch.manual_seed(0)
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+    monkeypatch.setattr(attention, 'IN_PLACE_SOFTMAX_KEYS', 20)
     monkeypatch.setattr(attention, 'SCORE_ELEMENTS', 3 * num_keys)  # 40 queries: 13 chunks of 3, then one
     calls = _onednn_calls(monkeypatch)
     heads, head_dim = 3, 8

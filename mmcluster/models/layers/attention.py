@@ -14,6 +14,10 @@ from . import row_bands
 # as 16 MiB ones with default malloc, docs/benchmarks.md).
 BY_HEAD_PRODUCTS = 2**23
 SCORE_ELEMENTS = 2**22
+# Keys from which the softmax overwrites the scores. torch's CPU softmax over rows of fewer keys runs faster into
+# another tensor: on the Zen 5 machine of docs/benchmarks.md 0.64x the in-place time on rows of 100 scores (0.53x
+# at 49, 0.78x at 196), 1.02x at 400 and 1.07-1.12x on rows of 1000-4000.
+IN_PLACE_SOFTMAX_KEYS = 400
 
 
 def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -28,13 +32,14 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
 
     This is torch's fused ``scaled_dot_product_attention``, except in fp32 CPU inference with at least
     :data:`BY_HEAD_PRODUCTS` multiply-adds per head in Q K^T: there each head is two matmuls on oneDNN (as
-    PaCa-ViT's linear layers, :func:`~.row_bands.linear`) around a softmax over the scores in place, for a chunk
-    of queries at a time. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On the Zen 5
-    machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, PaCa-ViT's calls above the
-    threshold (the cluster attention of stages 0-2 at 800x1280 and of stage 0 at 224^2, stage 3's full attention
-    over 1000 and 4000 tokens) took 0.77-0.87 of the fused kernel's time one by one with glibc's heap kept, and
-    0.76-1.5x with default malloc, whose state changes from round to round (in the model there, stage 3 at
-    1600x2560 with 4 MiB chunks: 0.88); calls below it 1.0-2.4x (196-784 queries). The same products and
+    PaCa-ViT's linear layers, :func:`~.row_bands.linear`) around a softmax, for a chunk of queries at a time;
+    the softmax is written over the scores, or into a buffer of its own for rows of fewer than
+    :data:`IN_PLACE_SOFTMAX_KEYS` keys. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On
+    the Zen 5 machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, PaCa-ViT's calls
+    above the threshold (the cluster attention of stages 0-2 at 800x1280 and of stage 0 at 224^2, stage 3's full
+    attention over 1000 and 4000 tokens) took 0.77-0.87 of the fused kernel's time one by one with glibc's heap
+    kept, and 0.76-1.5x with default malloc, whose state changes from round to round (in the model there, stage 3
+    at 1600x2560 with 4 MiB chunks: 0.88); calls below it 1.0-2.4x (196-784 queries). The same products and
     softmax; the scale multiplies the keys instead of the scores.
     """
     heads, head_dim = keys.shape[1], keys.shape[-1]
@@ -47,15 +52,18 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     keys = torch.mul(keys, head_dim**-0.5, out=keys.new_empty(keys.shape))
     values_t = values.transpose(-2, -1).contiguous()
     out = queries.new_empty(queries.shape)
-    chunk = max(1, SCORE_ELEMENTS // keys.shape[2])
+    num_keys = keys.shape[2]
+    chunk = max(1, SCORE_ELEMENTS // num_keys)
+    weights = None if num_keys >= IN_PLACE_SOFTMAX_KEYS else queries.new_empty(min(chunk, queries.shape[1]), num_keys)
     for sample in range(queries.shape[0]):
         for head in range(heads):
             columns = slice(head * head_dim, (head + 1) * head_dim)
             for start in range(0, queries.shape[1], chunk):
                 rows = slice(start, start + chunk)
                 scores = row_bands.linear(queries[sample, rows, columns], keys[sample, head])
-                torch.softmax(scores, -1, out=scores)
-                out[sample, rows, columns] = row_bands.linear(scores, values_t[sample, head])
+                probabilities = scores if weights is None else weights[: scores.shape[0]]
+                torch.softmax(scores, -1, out=probabilities)
+                out[sample, rows, columns] = row_bands.linear(probabilities, values_t[sample, head])
     return out
 
 
