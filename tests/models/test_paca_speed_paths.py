@@ -142,6 +142,37 @@ def test_tokens_last_output_with_gradients(small_bands, elements):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)  # halo rows' sums in another order
 
 
+@pytest.mark.parametrize('elements', [2 * 9 * 32, 2**30], ids=['bands', 'whole'])
+@pytest.mark.parametrize('clustering', ['conv', 'mlp'])
+def test_clustering_modules_give_the_logits_of_their_equations(small_bands, elements, clustering):
+    """ConvClustering (DWConv7x7 + GELU, PWConv + GELU, PWConv) and MlpClustering (Linear + GELU, Linear) on the
+    block's input and its LayerNorm: (B, M, N) logits equal to their layers applied to the normalised NCHW map one
+    after the other, two samples, in bands (the conv's of 4 rows with 3 of halo, the MLP's of 1 row) or whole, in
+    inference and with gradients."""
+    from mmcluster.models.backbones.paca_vit import ConvClustering, MlpClustering
+
+    torch.manual_seed(0)
+    small_bands(elements)
+    dim, clusters, hw = 8, 5, (11, 9)
+    module = ConvClustering(dim, clusters) if clustering == 'conv' else MlpClustering(dim, clusters, hidden_ratio=4)
+    norm = torch.nn.LayerNorm(dim)
+    x = torch.randn(2, hw[0] * hw[1], dim)
+    normed = norm(x)
+    if clustering == 'conv':
+        spatial = rearrange(normed, 'b (h w) c -> b c h w', h=hw[0])
+        mixed = F.gelu(module.channel_mix(F.gelu(module.spatial_mix(spatial))))
+        expected = module.to_clusters(mixed).flatten(2)
+    else:
+        expected = module.to_clusters(F.gelu(module.fc(normed))).transpose(1, 2)
+    with torch.no_grad():
+        out = module(x, hw, norm)
+    assert out.shape == (2, clusters, hw[0] * hw[1]) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out = module(x, hw, norm)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert out.grad_fn is not None
+
+
 @pytest.mark.parametrize('height,whole', [(9, True), (10, False), (3, True)])
 def test_maps_of_at_most_whole_map_bands_run_whole(small_bands, height, whole):
     """With bands of 3 rows and WHOLE_MAP_BANDS = 3 a map of up to 9 rows runs in one piece, one of 10 in 4 bands."""
@@ -282,6 +313,7 @@ def test_linear_applies_an_exact_gelu_inside_onednns_matmul(monkeypatch):
     assert attrs == ['gelu', 'none', 'none']
     x.requires_grad_(True)
     out = linear(x, weight, bias, torch.nn.GELU())  # gradients needed: F.linear, then the module
+    torch.testing.assert_close(out, F.gelu(F.linear(x, weight, bias)), rtol=0, atol=0)
     assert out.grad_fn is not None and len(attrs) == 3
 
 
@@ -352,6 +384,13 @@ def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, 
     torch.manual_seed(0)
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
     monkeypatch.setattr(attention, 'IN_PLACE_SOFTMAX_KEYS', 20)
+    in_place = []  # per softmax: written over its input?
+    softmax = torch.softmax
+    monkeypatch.setattr(
+        torch,
+        'softmax',
+        lambda x, dim, out: in_place.append(out.data_ptr() == x.data_ptr()) or softmax(x, dim, out=out),
+    )
     monkeypatch.setattr(attention, 'SCORE_ELEMENTS', 3 * num_keys)  # 40 queries: 13 chunks of 3, then one
     calls = _onednn_calls(monkeypatch)
     heads, head_dim = 3, 8
@@ -363,6 +402,8 @@ def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, 
         out = multi_head_attention(queries, keys, values)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert len(calls) == 2 * 2 * heads * 14 and calls[:2] == [(num_keys, head_dim), (head_dim, num_keys)]
+    assert len(in_place) == 2 * heads * 14 and set(in_place) == {num_keys >= 20}
+    monkeypatch.setattr(torch, 'softmax', softmax)
 
     products = 40 * num_keys * head_dim
     with torch.no_grad():

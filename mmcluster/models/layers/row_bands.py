@@ -304,7 +304,8 @@ def linear_tokens_last(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     ``weight @ x[b]^T``, on oneDNN's matmul with the sample's tokens as the matmul's weight, so that it comes
     out in this layout without the transposing copy, which took longer than the product itself (PaCa-ViT's
     stage-0 cluster logits at 800x1280: 3.0 ms product, 7.2 ms with the copy; 3.1 ms this way round,
-    ``docs/benchmarks.md``); the bias, one per row, is added afterwards."""
+    ``docs/benchmarks.md``). The samples' products of a batch are then stacked (a plain copy), and the bias, one
+    per row, is added afterwards."""
     onednn = x.dim() == 3 and x.numel() > 0 and x.is_contiguous() and cpu_fp32_inference(x, bias)
     if onednn and _onednn_linear_runs(weight, x[0], None):
         products = [ONEDNN_LINEAR(weight, sample, None, 'none', [], '') for sample in x]
