@@ -206,6 +206,7 @@ class Measurement:
     peak_rss_mib: Optional[float] = None  # CPU: peak resident set of the whole process, timed passes
     compiled: bool = False  # torch.compile(fullgraph=True) of the forward pass
     vs_first: Optional[float] = None  # latency / the first model's at the same input, batch, dtype and mode
+    vs_first_input: Optional[float] = None  # latency / the same model's at the first input (batch, dtype, mode)
     vs_eager: Optional[float] = None  # compiled rows: latency / the same model's eager latency
     gflop: Optional[float] = None  # FLOPs of one pass (count_flops), in 1e9
     gflops: Optional[float] = None  # achieved: gflop / median latency in seconds
@@ -894,11 +895,16 @@ def measure_train(
 
 def add_first_ratios(rows: Sequence[Measurement]) -> None:
     """Set each row's ``vs_first``: its latency over that of the first row at the same input, batch,
-    device, dtype and mode (compiled and with_cp included), e.g. PaCa-Small's latency in Swin-T's."""
+    device, dtype and mode (compiled and with_cp included), e.g. PaCa-Small's latency in Swin-T's; and its
+    ``vs_first_input``: its latency over that of the same model's first row at the same batch, device, dtype and
+    mode, e.g. the time growth from 800x1280 to 1600x2560."""
     first: dict[tuple, Measurement] = {}
+    first_input: dict[tuple, Measurement] = {}
     for row in rows:
         key = (row.height, row.width, row.batch_size, row.device, row.dtype, row.mode_label)
         row.vs_first = row.latency_ms / first.setdefault(key, row).latency_ms
+        key = (row.model, row.batch_size, row.device, row.dtype, row.mode_label)
+        row.vs_first_input = row.latency_ms / first_input.setdefault(key, row).latency_ms
 
 
 def _mib(value: Optional[float]) -> str:
@@ -923,6 +929,8 @@ def format_table(rows: Sequence[Measurement]) -> str:
         ('min (ms)', lambda r: '-' if r.latency_min_ms is None else f'{r.latency_min_ms:.1f}'),
         ('× first', lambda r: _ratio(r.vs_first)),
     ]
+    if len({(r.height, r.width) for r in rows}) > 1:
+        columns.append(('× first input', lambda r: _ratio(r.vs_first_input)))
     if any(r.compiled for r in rows):
         columns.append(('× eager', lambda r: _ratio(r.vs_eager)))
     columns.append(('images/s', lambda r: f'{r.throughput:.2f}'))

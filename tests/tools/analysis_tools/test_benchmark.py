@@ -206,6 +206,26 @@ def test_interleave_reports_the_latency_over_the_first_models(capsys):
     assert all(0 < r.latency_min_ms <= r.latency_ms and r.step_memory_mib > 0 for r in rows)
     table = capsys.readouterr().out
     assert '× first' in table and f'| {rows[1].vs_first:.2f} ' in table.splitlines()[-1]
+    assert '× first input' not in table  # one input size
+
+
+def test_two_input_sizes_report_each_models_growth(capsys):
+    args = ['pvtv2-b1', 'paca-tiny', '--shapes', '32', '48x64', '--warmup', '1', '--iters', '2', '--device', 'cpu']
+    rows = benchmark_main()([*args, '--interleave'])
+    assert [(r.model, r.height, r.width) for r in rows] == [
+        ('pvtv2-b1', 32, 32),
+        ('pvtv2-b1', 48, 64),
+        ('paca-tiny', 32, 32),
+        ('paca-tiny', 48, 64),
+    ]
+    assert rows[0].vs_first_input == rows[2].vs_first_input == 1.0
+    for first, second in ((rows[0], rows[1]), (rows[2], rows[3])):
+        assert second.vs_first_input == pytest.approx(second.latency_ms / first.latency_ms)
+    assert rows[3].vs_first == pytest.approx(rows[3].latency_ms / rows[1].latency_ms)  # the first model's, 48x64
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith('| model')))
+    assert '× first input' in lines[header]
+    assert f'| {rows[3].vs_first_input:.2f} ' in lines[header + 5]
 
 
 def _flops(fn) -> int:
