@@ -306,8 +306,7 @@ def linear_tokens_last(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     stage-0 cluster logits at 800x1280: 3.0 ms product, 7.2 ms with the copy; 3.1 ms this way round,
     ``docs/benchmarks.md``). The samples' products of a batch are then stacked (a plain copy), and the bias, one
     per row, is added afterwards."""
-    onednn = x.dim() == 3 and x.numel() > 0 and x.is_contiguous() and cpu_fp32_inference(x, bias)
-    if onednn and _onednn_linear_runs(weight, x[0], None):
+    if x.dim() == 3 and x.numel() > 0 and x.is_contiguous() and _onednn_linear_runs(weight, x[0], bias):
         products = [ONEDNN_LINEAR(weight, sample, None, 'none', [], '') for sample in x]
         out = products[0].unsqueeze(0) if len(products) == 1 else torch.stack(products)
         return out if bias is None else out.add_(bias.unsqueeze(-1))
