@@ -17,7 +17,6 @@ from mmcluster.models.layers import (
     contiguous_nchw,
     conv_rows,
     linear,
-    linear_into,
     linear_tokens_last,
     map_row_bands,
     multi_head_attention,
@@ -43,7 +42,7 @@ def _conv_layer(weight: torch.Tensor, halo: int, calls: list):
     'elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (2**30, 1), (4 * 13 * 8, 0), (1, 3)]
 )
 def test_map_row_bands_equals_the_whole_map(small_bands, elements, halo):
-    """A depth-wise conv on 1-row (at least halo rows), 3-row, 5-row and whole-map bands of a 17-row map (the
+    """A depth-wise conv on 1-row (at least 2 * halo rows), 3-row, 5-row and whole-map bands of a 17-row map (the
     last band shorter)."""
     torch.manual_seed(0)
     small_bands(elements)
@@ -55,72 +54,47 @@ def test_map_row_bands_equals_the_whole_map(small_bands, elements, halo):
     calls.clear()
     out = map_row_bands(conv, x, (height, width), hidden_dim=channels // 2, halo=halo)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    rows = max(1, halo, elements // (2 * width * channels // 2))
+    rows = max(1, 2 * halo, elements // (2 * width * channels // 2))
     assert len(calls) == -(-height // rows)
     assert all(hw[1] == width and hw[0] <= rows + 2 * halo for hw in calls)
 
 
 @pytest.mark.parametrize('grad', [True, False], ids=['grad', 'inference'])
-@pytest.mark.parametrize('writes_into_out', [False, True], ids=['returns', 'writes'])
 @pytest.mark.parametrize(
-    'elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (1, 3), (4 * 13 * 8, 0), (3 * 13 * 8, 3)]
+    'elements,halo', [(1, 1), (3 * 13 * 8, 1), (5 * 13 * 8, 2), (1, 3), (4 * 13 * 8, 0), (8 * 13 * 8, 3)]
 )
-def test_row_wise_part_runs_once_per_row(small_bands, elements, halo, writes_into_out, grad):
-    """With a row-wise part, every row goes through it exactly once and each band borrows its halo rows of
-    the row-wise output from its neighbours: the same output as the whole map. In inference the bands'
-    contexts are laid out in two buffers (only the halo rows copied), whether the row-wise part writes into the
-    buffer it is given or returns a new tensor; with gradients they are concatenated."""
+def test_row_wise_part_runs_once_per_row(small_bands, elements, halo, grad):
+    """With a row-wise part, every row goes through it exactly once: each band's interior rows take the band's
+    row-wise output itself as their context, and the rows around each border between two bands (a seam) take a
+    copy of 2 * halo rows of each band's output. The same output as the whole map, with and without gradients;
+    bands of 2 * halo rows have no interior, and the last band of the 17 rows may be shorter than the halo."""
     torch.manual_seed(0)
     small_bands(elements)
     height, width, channels = 17, 13, 8
     weight, scale = torch.randn(channels, 1, 2 * halo + 1, 2 * halo + 1), torch.randn(channels)
-    rowwise_rows, given_out = [], []
+    rowwise_rows, contexts, local_calls = [], [], []
 
-    def rowwise(tokens, hw, out):
+    def rowwise(tokens, hw):
         rowwise_rows.append(hw[0])
-        given_out.append(out is not None)
-        context = (tokens * scale).tanh()
-        if writes_into_out and out is not None:
-            return tokens * 2, out.copy_(context)
-        return tokens * 2, context
+        contexts.append((tokens * scale).tanh())
+        return tokens * 2, contexts[-1]
 
     def local(kept, context, hw, rows):
+        local_calls.append((any(context is band for band in contexts), hw[0], rows.stop - rows.start))
         return kept + _conv_layer(weight, halo, [])(kept, context, hw, rows)
 
     x = torch.randn(2, height * width, channels)
-    expected = local(*rowwise(x, (height, width), None), (height, width), slice(0, height))
-    rowwise_rows.clear(), given_out.clear()
+    expected = local(*rowwise(x, (height, width)), (height, width), slice(0, height))
+    rowwise_rows.clear(), contexts.clear(), local_calls.clear()
     with torch.set_grad_enabled(grad):
         out = map_row_bands(local, x, (height, width), hidden_dim=channels // 2, halo=halo, rowwise=rowwise)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    assert sum(rowwise_rows) == height and len(rowwise_rows) > 1
-    # buffers for every band but the first, only in inference and with a halo
-    assert given_out == [False] + [not grad and halo > 0] * (len(rowwise_rows) - 1)
-
-
-def test_linear_into_writes_the_layers_output_into_out(monkeypatch):
-    """addmm into ``out`` where BLAS would run the layer; the layer's own output (to be copied by the caller) where
-    oneDNN's matmul runs it, which has no ``out=``."""
-    torch.manual_seed(0)
-    layer = OneDNNLinear(8, 12)
-    x = torch.randn(2, 5, 8)
-    buffer = torch.zeros(2, 9, 12)
-    out = buffer[:, 2:7]  # each sample's rows contiguous, as in the band buffers
-    with torch.no_grad():
-        expected = F.linear(x, layer.weight, layer.bias)
-        if row_bands.ONEDNN_LINEAR is not None:
-            result = linear_into(x, layer, out)
-            assert result is not out and buffer.eq(0).all()
-            torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
-        monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', None)  # a torch without oneDNN: addmm with out=
-        assert linear_into(x, layer, out) is out
-        torch.testing.assert_close(out, expected, rtol=0, atol=0)
-        assert buffer[:, :2].eq(0).all() and buffer[:, 7:].eq(0).all()
-        with torch.autocast('cpu', dtype=torch.bfloat16):  # no out= under autocast: the layer's output
-            result = linear_into(x, layer, torch.zeros(2, 5, 12))
-            assert result.dtype == torch.bfloat16
-    result = linear_into(x, layer, torch.zeros(2, 5, 12))  # with gradients: the layer's output, in the graph
-    assert result.grad_fn is not None
+    rows = max(2 * halo, 1, elements // (2 * width * channels // 2))
+    assert rowwise_rows == [rows] * (height // rows) + ([height % rows] if height % rows else [])
+    assert sum(output_rows for _, _, output_rows in local_calls) == height  # each output row once
+    seams = [(context_rows, output_rows) for own, context_rows, output_rows in local_calls if not own]
+    assert len(seams) == (len(rowwise_rows) - 1 if halo else 0)
+    assert all(context_rows <= 4 * halo and output_rows <= 2 * halo for context_rows, output_rows in seams)
 
 
 @pytest.mark.parametrize('elements', [1, 3 * 13 * 8, 2**30])

@@ -47,7 +47,6 @@ from ..layers import (
     band_height,
     conv_rows,
     linear,
-    linear_into,
     linear_tokens_last,
     map_row_bands,
     multi_head_attention,
@@ -267,12 +266,10 @@ class PaCaBlock(nn.Module):
             # DropPath keeps or drops each sample's branch: drawn once for the whole map, not per band
             attn_scale, mlp_scale = (self.drop_path(x.new_ones(x.shape[0], 1, 1)) for _ in range(2))
 
-        def rowwise(
-            tokens: torch.Tensor, _: tuple[int, int], out: Optional[torch.Tensor]
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+        def rowwise(tokens: torch.Tensor, _: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
             queries = normed if normed is not None else self.norm1(tokens)
             tokens = _residual(tokens, self.attn.attend(queries, keys, values), attn_scale)
-            return tokens, linear_into(self.norm2(tokens), self.mlp.fc1, out)  # fc1 into the band's buffer
+            return tokens, self.mlp.fc1(self.norm2(tokens))
 
         def local(tokens: torch.Tensor, hidden: torch.Tensor, band: tuple[int, int], rows: slice) -> torch.Tensor:
             return _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)

@@ -20,7 +20,6 @@ from .row_bands import (
     contiguous_nchw,
     conv_rows,
     linear,
-    linear_into,
     linear_tokens_last,
     map_row_bands,
 )
@@ -59,7 +58,6 @@ __all__ = [
     'equitable_cluster_attention',
     'equitable_layout',
     'linear',
-    'linear_into',
     'linear_tokens_last',
     'map_row_bands',
     'multi_head_attention',

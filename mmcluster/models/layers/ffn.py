@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .row_bands import OneDNNLinear, conv_rows, linear_into, map_row_bands
+from .row_bands import OneDNNLinear, conv_rows, map_row_bands
 
 
 class DWConvFFN(nn.Module):
@@ -26,7 +26,7 @@ class DWConvFFN(nn.Module):
         self.fc2 = OneDNNLinear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        expand = lambda tokens, _, out: (tokens, linear_into(tokens, self.fc1, out))  # noqa: E731  (once per row)
+        expand = lambda tokens, _: (tokens, self.fc1(tokens))  # noqa: E731  (once per row)
         return map_row_bands(
             lambda _, hidden, band, rows: self.mix(hidden, band, rows), x, hw, self.fc1.out_features, 1, expand
         )

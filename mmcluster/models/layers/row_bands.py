@@ -13,9 +13,12 @@ Most of such a layer is usually row-wise (a PaCa block: attention with global ke
 first linear layer) and only one step needs the neighbouring rows (the FFN's depth-wise conv). Computing the
 row-wise part on the halo rows too would redo it on ``2 * halo`` rows of every band: 25% more work on bands
 of 8 rows, the height that fits the cache at 1600x2560. With a ``rowwise`` function the row-wise part runs
-once per row, and each band borrows its halo rows of the row-wise output from the bands above and below it. In
-inference the bands' contexts are laid out in two buffers that the row-wise part writes into, so that only the
-halo rows are copied; with gradients each band's context is concatenated.
+once per row. A band's row-wise output is at once the context of its interior rows, those more than ``halo``
+rows from the band's edges, which are computed next, while it is in the cache. The ``halo`` rows either side of
+each border between two bands (a seam) follow the next band's row-wise part, on ``2 * halo`` rows of each of the
+two bands' outputs: the only rows copied. On the Zen 5 machine of ``docs/benchmarks.md`` this ran PaCa-Small
+2-3% faster than laying each band's whole context out in a buffer (its own rows copied after the next band's
+row-wise part), and the same whether or not gradients are needed.
 """
 
 from __future__ import annotations
@@ -35,14 +38,14 @@ BAND_ELEMENTS = 2**21
 WHOLE_MAP_BANDS = 3
 
 Grid = tuple[int, int]
-RowwiseFn = Callable[[torch.Tensor, Grid, Optional[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+RowwiseFn = Callable[[torch.Tensor, Grid], tuple[torch.Tensor, torch.Tensor]]
 LocalFn = Callable[[torch.Tensor, torch.Tensor, Grid, slice], torch.Tensor]
 
 
 def band_height(x: torch.Tensor, hw: Grid, hidden_dim: int, halo: int = 0) -> Optional[int]:
     """Rows per band for tokens x (B, H*W, C) whose widest intermediate has ``hidden_dim`` channels, or None
     when the map runs whole: off the CPU, or when :data:`WHOLE_MAP_BANDS` bands would hold the whole map."""
-    rows = max(1, halo, BAND_ELEMENTS // (x.shape[0] * hw[1] * hidden_dim))
+    rows = max(1, 2 * halo, BAND_ELEMENTS // (x.shape[0] * hw[1] * hidden_dim))
     return None if x.device.type != 'cpu' or rows * WHOLE_MAP_BANDS >= hw[0] else rows
 
 
@@ -66,10 +69,8 @@ def map_row_bands(
 
     The layer is ``local(*rowwise(x))``:
 
-    * ``rowwise(x, hw, out) -> (kept, context)``: the row-wise part; row r of both outputs depends on input
-      row r only. It runs once per row. Without it, ``kept`` and ``context`` are x itself. ``out`` is None, or
-      in inference a (B, n, C_context) view of the buffer that holds the band's context: a ``rowwise`` that
-      writes its context there (:func:`linear_into`) and returns ``out`` saves a copy.
+    * ``rowwise(x, hw) -> (kept, context)``: the row-wise part; row r of both outputs depends on input row r
+      only. It runs once per row. Without it, ``kept`` and ``context`` are x itself.
     * ``local(kept, context, context_hw, rows) -> out``: the output tokens (B, n, C') of ``kept``'s rows
       ((B, C', n) with ``tokens_last``).
       ``context`` (on a ``context_hw`` grid) holds the same rows of the row-wise ``context`` plus up to
@@ -89,7 +90,7 @@ def map_row_bands(
     height, width = hw
     rows = band_height(x, hw, hidden_dim, halo)
     if rows is None:
-        kept, context = rowwise(x, hw, None) if rowwise is not None else (x, x)
+        kept, context = rowwise(x, hw) if rowwise is not None else (x, x)
         out = local(kept, context, hw, slice(0, height))
         return out.contiguous() if tokens_last else out
     grid = x.unflatten(1, (height, width))
@@ -102,29 +103,10 @@ def map_row_bands(
             kept = context[:, (top - first) * width : (bottom - first) * width]
             outs.append(local(kept, context, (last - first, width), slice(top - first, bottom - first)))
         return outs.result()
-    if halo and not torch.is_grad_enabled():
-        return _halo_bands_in_buffers(local, grid, bands, halo, rowwise, outs)
-    # the row-wise outputs of band i + 1, of band i and the last halo rows of band i - 1 are alive at a time
-    above: Optional[torch.Tensor] = None
-    upcoming = rowwise(grid[:, : bands[0][1]].flatten(1, 2), (bands[0][1], width), None)
-    for i, (top, bottom) in enumerate(bands):
-        kept, context = upcoming
-        own = context.unflatten(1, (bottom - top, width))
-        parts = [own] if above is None else [above, own]
-        if i + 1 < len(bands):
-            next_top, next_bottom = bands[i + 1]
-            upcoming = rowwise(grid[:, next_top:next_bottom].flatten(1, 2), (next_bottom - next_top, width), None)
-            if halo:
-                parts.append(upcoming[1].unflatten(1, (next_bottom - next_top, width))[:, :halo])
-        band_context = torch.cat(parts, dim=1) if len(parts) > 1 else own
-        start = 0 if above is None else above.shape[1]
-        context_hw = (band_context.shape[1], width)
-        outs.append(local(kept, band_context.flatten(1, 2), context_hw, slice(start, start + bottom - top)))
-        above = own[:, -halo:] if halo else None
-    return outs.result()
+    return _bands_and_seams(local, grid, bands, halo, rowwise, outs)
 
 
-def _halo_bands_in_buffers(
+def _bands_and_seams(
     local: LocalFn,
     grid: torch.Tensor,
     bands: list[tuple[int, int]],
@@ -132,67 +114,30 @@ def _halo_bands_in_buffers(
     rowwise: RowwiseFn,
     outs: _BandOutputs,
 ) -> torch.Tensor:
-    """:func:`map_row_bands` with a row-wise part and a halo, in inference: each band's context (halo rows
-    above, its own rows, halo rows below) is laid out in one of two buffers, the row-wise part writes its
-    output rows straight into it, and only the halo rows are copied, from one buffer to the other. With
-    gradients the contexts are concatenated instead (a buffer overwritten by a later band would be lost to
-    the backward pass)."""
+    """:func:`map_row_bands` with a row-wise part: each band's row-wise output is the context of the band's
+    interior rows as it is (no copy), right after it is computed, while it is in the cache; the ``halo`` rows
+    either side of each border between two bands (a seam) run on the ``2 * halo`` rows of each band around it,
+    the one copy made. Bands but the last have at least ``2 * halo`` rows (:func:`band_height`)."""
     width = grid.shape[2]
-    buffers: list[torch.Tensor] = []
 
-    def run_rowwise(i: int) -> torch.Tensor:
-        """Band i's row-wise part, its context rows written at their place in buffer i % 2; returns ``kept``."""
-        top, bottom = bands[i]
-        tokens, band_hw = grid[:, top:bottom].flatten(1, 2), (bottom - top, width)
-        if not buffers:  # band 0 (at the top of its buffer): its context sets the buffers' channels and dtype
-            kept, context = rowwise(tokens, band_hw, None)
-            shape = (grid.shape[0], bottom - top + 2 * halo, width, context.shape[-1])
-            buffers.extend(context.new_empty(shape) for _ in range(2))
-            buffers[0][:, : bottom - top] = context.unflatten(1, band_hw)
-            return kept
-        own_rows = buffers[i % 2][:, halo : halo + bottom - top].flatten(1, 2)
-        kept, context = rowwise(tokens, band_hw, own_rows)
-        if context is not own_rows:
-            own_rows.copy_(context)
-        return kept
+    def rows_of(tokens: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        return tokens[:, first * width : last * width]
 
-    kept = run_rowwise(0)
+    above: Optional[tuple[torch.Tensor, torch.Tensor, int]] = None  # the band above: kept, context, rows
     for i, (top, bottom) in enumerate(bands):
-        buffer, start = buffers[i % 2], (0 if i == 0 else halo)
-        end = start + bottom - top  # the band's own rows are buffer rows start .. end
-        below = 0
-        if i + 1 < len(bands):
-            upcoming = run_rowwise(i + 1)
-            following = buffers[(i + 1) % 2]
-            below = min(halo, bands[i + 1][1] - bands[i + 1][0])
-            buffer[:, end : end + below] = following[:, halo : halo + below]
-            following[:, :halo] = buffer[:, end - halo : end]
-        context = buffer[:, : end + below]
-        outs.append(local(kept, context.flatten(1, 2), (end + below, width), slice(start, end)))
-        if i + 1 < len(bands):
-            kept = upcoming
+        height = bottom - top
+        kept, context = rowwise(grid[:, top:bottom].flatten(1, 2), (height, width))
+        if above is not None and halo:
+            kept_above, context_above, height_above = above
+            up, down, own = min(2 * halo, height_above), min(2 * halo, height), min(halo, height)
+            seam = torch.cat([rows_of(context_above, height_above - up, height_above), rows_of(context, 0, down)], 1)
+            seam_kept = torch.cat([rows_of(kept_above, height_above - halo, height_above), rows_of(kept, 0, own)], 1)
+            outs.append(local(seam_kept, seam, (up + down, width), slice(up - halo, up + own)))
+        first, last = (halo if above is not None else 0), (height - halo if i + 1 < len(bands) else height)
+        if last > first:
+            outs.append(local(rows_of(kept, first, last), context, (height, width), slice(first, last)))
+        above = kept, context, height
     return outs.result()
-
-
-def linear_into(x: torch.Tensor, layer: nn.Linear, out: Optional[torch.Tensor]) -> torch.Tensor:
-    """``layer(x)`` for x (B, n, C), written into ``out`` (B, n, C_out; each sample contiguous) by BLAS ``addmm``
-    when that is the GEMM that would run and ``out=`` is possible: no new output and no copy of it. Returns
-    ``out`` then, else ``layer(x)``: where ``layer`` is a :class:`OneDNNLinear` that runs on oneDNN's matmul
-    (which has no ``out=``; the caller copies its result, still about 2x faster on AMD Zen 5 CPUs,
-    ``docs/benchmarks.md``), with gradients, under autocast or in another dtype."""
-    writable = (
-        out is not None
-        and not (isinstance(layer, OneDNNLinear) and _onednn_linear_runs(x, layer.weight, layer.bias))
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled(x.device.type)
-        and x.dtype == out.dtype == layer.weight.dtype
-        and layer.bias is not None
-    )
-    if not writable:
-        return layer(x)
-    for sample in range(x.shape[0]):
-        torch.addmm(layer.bias, x[sample], layer.weight.t(), out=out[sample])
-    return out
 
 
 def conv_rows(
