@@ -7,7 +7,7 @@ import mmcluster.models.layers.row_bands as row_bands
 
 @pytest.fixture
 def small_bands(monkeypatch):
-    """Bands of a few rows at test sizes (at full size a band holds 2**21 hidden values); a map of two bands runs in
+    """Bands of a few rows at test sizes (at full size a band holds 2**22 hidden values); a map of two bands runs in
     bands, not whole (WHOLE_MAP_BANDS = 1)."""
 
     def use(elements, whole_map_bands=1):

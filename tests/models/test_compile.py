@@ -115,7 +115,7 @@ def test_paca_backbone(kwargs, size):
 @pytest.fixture
 def stage0_bands(small_bands):
     """On CPUs PaCa-ViT runs its token-local layers band by band once a layer's hidden map exceeds
-    ``row_bands.BAND_ELEMENTS`` (2**21 values: detection resolutions). Lowered here so that a 72 x 88 image runs
+    ``row_bands.BAND_ELEMENTS`` (2**22 values: detection resolutions). Lowered here so that a 72 x 88 image runs
     its stage-0 blocks (18 x 22 tokens) and clustering, and its stage-1 blocks (9 x 11), in bands; checked."""
     small_bands(2**13)
     dims = PACA_SMALL['embed_dims']

@@ -11,8 +11,8 @@ project's 2-core EPYC machines this runs PaCa-Small's stage-1 FFN 2.3x faster (2
 
 Most of such a layer is usually row-wise (a PaCa block: attention with global keys, LayerNorms, the FFN's
 first linear layer) and only one step needs the neighbouring rows (the FFN's depth-wise conv). Computing the
-row-wise part on the halo rows too would redo it on ``2 * halo`` rows of every band: 25% more work on bands
-of 8 rows, the height that fits the cache at 1600x2560. With a ``rowwise`` function the row-wise part runs
+row-wise part on the halo rows too would redo it on ``2 * halo`` rows of every band: 12% more work on bands
+of 17 rows, PaCa-Small's stage 0 at 1600x2560. With a ``rowwise`` function the row-wise part runs
 once per row. A band's row-wise output is at once the context of its interior rows, those more than ``halo``
 rows from the band's edges, which are computed next, while it is in the cache. The ``halo`` rows either side of
 each border between two bands (a seam) follow the next band's row-wise part, on ``2 * halo`` rows of each of the
@@ -29,9 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Hidden activation elements per band: 2**21 fp32 values (8 MiB), which fits the L3 cache with the band's
-# inputs and outputs; bands of 4 to 32 rows at PaCa-ViT's widths at 800x1280.
-BAND_ELEMENTS = 2**21
+# Hidden activation elements per band: 2**22 fp32 values (16 MiB); PaCa-Small's stage 0 runs in bands of 34 rows at
+# 800x1280 (its later stages whole) and of 17 at 1600x2560. 2**21 was chosen when each band's context was copied into
+# a buffer after the next band's row-wise part (so it had to stay in the cache meanwhile); with the seams
+# (_bands_and_seams) PaCa-Small took 0.95 of the time with 2**22 at 800x1280 and 0.94 at 1600x2560 on the Zen 5
+# machine of docs/benchmarks.md, glibc's heap kept (1.00 and 0.91 with default malloc). 2**23 ran whole maps at
+# 800x1280, 1.45x slower with default malloc.
+BAND_ELEMENTS = 2**22
 # Maps of at most this many bands run whole: there the bands' own work (halo rows read by two bands, the norms of
 # the clustering and pooling redone per band, band outputs copied) costs more than the cache saves. On the Zen 5
 # machine of docs/benchmarks.md, PaCa-Small at 800x1280 took 0.96-0.97 of the time with its stage 2 (3 bands) whole.
@@ -270,10 +274,10 @@ def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
     """``x.contiguous()`` for a (B, C, H, W) map, copied band by band on CPUs.
 
     A channels-last map (B, H, W, C in memory, as the families' stages leave them) becomes NCHW by a transposing
-    copy. In one piece its reads and writes stride across the whole map; by bands of rows that fit the L2
-    cache, each band is read once and written as C contiguous runs. On the project's 2-core EPYC machines this
-    takes 4.3 instead of 14 ms for PaCa-ViT's stage-1 map at 800x1280 (96 x 200 x 320), and 48 instead of
-    99 ms at 1600x2560 (``docs/benchmarks.md``).
+    copy. In one piece its reads and writes stride across the whole map; by bands of a few rows (an eighth of
+    :data:`BAND_ELEMENTS`, 2 MiB), each band is read once and written as C contiguous runs. On the project's 2-core
+    EPYC machines this takes 4.3 instead of 14 ms for PaCa-ViT's stage-1 map at 800x1280 (96 x 200 x 320), and 48
+    instead of 99 ms at 1600x2560 (``docs/benchmarks.md``).
     """
     if x.device.type != 'cpu' or x.is_contiguous() or x.dim() != 4:
         return x.contiguous()
