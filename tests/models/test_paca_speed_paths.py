@@ -14,6 +14,7 @@ from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
 from mmcluster.models.layers import (
     DWConvFFN,
     OneDNNLinear,
+    batched_matmul,
     contiguous_nchw,
     conv_rows,
     linear,
@@ -206,7 +207,7 @@ def test_contiguous_nchw_copies_channels_last_maps_band_by_band(small_bands):
     assert contiguous_nchw(plain) is plain
 
 
-def test_pool_clusters_normalises_chunk_by_chunk(small_bands):
+def test_pool_clusters_normalises_chunk_by_chunk(small_bands, monkeypatch):
     """With ``norm``, the pooling of the normalised tokens in chunks of tokens equals the pooling of the whole
     normalised map: in fp32, in the tokens' dtype for a half model, and in fp32 under autocast."""
     torch.manual_seed(0)
@@ -216,13 +217,44 @@ def test_pool_clusters_normalises_chunk_by_chunk(small_bands):
     with torch.no_grad():
         expected = assignment @ norm(tokens)
         small_bands(2 * 8 * 10)  # chunks of 10 tokens, the last one shorter
+        calls = _onednn_calls(monkeypatch) if row_bands.ONEDNN_LINEAR is not None else []
         torch.testing.assert_close(pool_clusters(assignment, tokens, norm), expected, rtol=1e-6, atol=1e-6)
+        if row_bands.ONEDNN_LINEAR is not None:  # each sample's chunk on oneDNN, the chunk's tokens as its weight
+            assert calls == [(8, 10)] * 18 + [(8, 5)] * 2
+            calls.clear()
         half = pool_clusters(assignment, tokens.bfloat16(), norm.bfloat16())
         assert half.dtype == torch.bfloat16
         with torch.autocast('cpu', dtype=torch.bfloat16):
             pooled = pool_clusters(assignment, tokens, norm.float())
         assert pooled.dtype == torch.float32
         torch.testing.assert_close(pooled, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+@pytest.mark.parametrize('batch', [1, 2])
+def test_batched_matmul_runs_each_sample_on_onednn(monkeypatch, batch):
+    """batched_matmul(a, b) gives torch.matmul's values (the same products summed in another order): in fp32
+    inference one oneDNN matmul per sample with the sample of b transposed as its weight, also for a strided a;
+    with gradients, in bf16, under autocast and for a b whose samples are strided, torch.matmul."""
+    torch.manual_seed(0)
+    calls = _onednn_calls(monkeypatch)
+    a, b = torch.randn(batch, 5, 300).softmax(-1), torch.randn(batch, 300, 12)
+    expected = torch.matmul(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(batched_matmul(a, b), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(batched_matmul(a[:, :, :200], b[:, :200]), a[:, :, :200] @ b[:, :200])
+        assert calls == [(12, 300)] * batch + [(12, 200)] * batch
+        calls.clear()
+        strided = torch.randn(batch, 300, 24)[..., ::2]
+        torch.testing.assert_close(batched_matmul(a, strided), a @ strided)
+        assert batched_matmul(a.bfloat16(), b.bfloat16()).dtype == torch.bfloat16
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert batched_matmul(a, b).dtype == torch.bfloat16
+        assert calls == []
+    b.requires_grad_(True)
+    out = batched_matmul(a, b)
+    torch.testing.assert_close(out, expected)
+    assert out.grad_fn is not None and calls == []
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])

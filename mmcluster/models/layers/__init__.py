@@ -17,6 +17,7 @@ from .rope import RoPE2d, apply_rope, rope_angles, rotate_pairs
 from .row_bands import (
     OneDNNLinear,
     band_height,
+    batched_matmul,
     contiguous_nchw,
     conv_rows,
     linear,
@@ -51,6 +52,7 @@ __all__ = [
     'TokenReconstruction',
     'apply_rope',
     'band_height',
+    'batched_matmul',
     'cluster_ids',
     'cluster_tokens',
     'contiguous_nchw',
