@@ -84,12 +84,17 @@ def test_row_wise_part_runs_once_per_row(small_bands, elements, halo, grad):
         local_calls.append((any(context is band for band in contexts), hw[0], rows.stop - rows.start))
         return kept + _conv_layer(weight, halo, [])(kept, context, hw, rows)
 
-    x = torch.randn(2, height * width, channels)
+    x = torch.randn(2, height * width, channels, requires_grad=grad)
     expected = local(*rowwise(x, (height, width)), (height, width), slice(0, height))
     rowwise_rows.clear(), contexts.clear(), local_calls.clear()
     with torch.set_grad_enabled(grad):
         out = map_row_bands(local, x, (height, width), hidden_dim=channels // 2, halo=halo, rowwise=rowwise)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    if grad:  # the gradients through the interiors and the seams' copies
+        cotangent = torch.randn_like(out)
+        (grad_x,) = torch.autograd.grad(out, x, cotangent)
+        (expected_grad,) = torch.autograd.grad(expected, x, cotangent)
+        torch.testing.assert_close(grad_x, expected_grad, rtol=1e-5, atol=1e-5)
     rows = max(2 * halo, 1, elements // (2 * width * channels // 2))
     assert rowwise_rows == [rows] * (height // rows) + ([height % rows] if height % rows else [])
     assert sum(output_rows for _, _, output_rows in local_calls) == height  # each output row once
@@ -122,7 +127,7 @@ def test_tokens_last_output_with_gradients(small_bands, elements):
 def test_clustering_modules_give_the_logits_of_their_equations(small_bands, elements, clustering):
     """ConvClustering (DWConv7x7 + GELU, PWConv + GELU, PWConv) and MlpClustering (Linear + GELU, Linear) on the
     block's input and its LayerNorm: (B, M, N) logits equal to their layers applied to the normalised NCHW map one
-    after the other, two samples, in bands (the conv's of 4 rows with 3 of halo, the MLP's of 1 row) or whole, in
+    after the other, two samples, in bands (the conv's of 6 rows with 3 of halo, the MLP's of 1 row) or whole, in
     inference and with gradients."""
     from mmcluster.models.backbones.paca_vit import ConvClustering, MlpClustering
 
@@ -228,6 +233,11 @@ def test_pool_clusters_normalises_chunk_by_chunk(small_bands, monkeypatch):
             pooled = pool_clusters(assignment, tokens, norm.float())
         assert pooled.dtype == torch.float32
         torch.testing.assert_close(pooled, expected, rtol=1e-6, atol=1e-6)
+    tokens.requires_grad_(True)  # with gradients the chunks' products (torch.matmul) are summed in the graph
+    cotangent = torch.randn_like(expected)
+    (grad,) = torch.autograd.grad(pool_clusters(assignment, tokens, norm), tokens, cotangent)
+    (expected_grad,) = torch.autograd.grad(assignment @ norm(tokens), tokens, cotangent)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')

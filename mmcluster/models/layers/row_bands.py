@@ -13,7 +13,7 @@ Most of such a layer is usually row-wise (a PaCa block: attention with global ke
 first linear layer) and only one step needs the neighbouring rows (the FFN's depth-wise conv). Computing the
 row-wise part on the halo rows too would redo it on ``2 * halo`` rows of every band: 12% more work on bands
 of 17 rows, PaCa-Small's stage 0 at 1600x2560. With a ``rowwise`` function the row-wise part runs
-once per row. A band's row-wise output is at once the context of its interior rows, those more than ``halo``
+once per row. A band's row-wise output is at once the context of its interior rows, those at least ``halo``
 rows from the band's edges, which are computed next, while it is in the cache. The ``halo`` rows either side of
 each border between two bands (a seam) follow the next band's row-wise part, on ``2 * halo`` rows of each of the
 two bands' outputs: the only rows copied. On the Zen 5 machine of ``docs/benchmarks.md`` this ran PaCa-Small
@@ -47,8 +47,9 @@ LocalFn = Callable[[torch.Tensor, torch.Tensor, Grid, slice], torch.Tensor]
 
 
 def band_height(x: torch.Tensor, hw: Grid, hidden_dim: int, halo: int = 0) -> Optional[int]:
-    """Rows per band for tokens x (B, H*W, C) whose widest intermediate has ``hidden_dim`` channels, or None
-    when the map runs whole: off the CPU, or when :data:`WHOLE_MAP_BANDS` bands would hold the whole map."""
+    """Rows per band for tokens x (B, H*W, C) whose widest intermediate has ``hidden_dim`` channels, at least
+    ``2 * halo`` (a band's seams with its neighbours, :func:`_bands_and_seams`), or None when the map runs whole:
+    off the CPU, or when :data:`WHOLE_MAP_BANDS` bands would hold the whole map."""
     rows = max(1, 2 * halo, BAND_ELEMENTS // (x.shape[0] * hw[1] * hidden_dim))
     return None if x.device.type != 'cpu' or rows * WHOLE_MAP_BANDS >= hw[0] else rows
 
@@ -133,7 +134,8 @@ def _bands_and_seams(
         kept, context = rowwise(grid[:, top:bottom].flatten(1, 2), (height, width))
         if above is not None and halo:
             kept_above, context_above, height_above = above
-            up, down, own = min(2 * halo, height_above), min(2 * halo, height), min(halo, height)
+            # the band above is not the last: it has at least 2 * halo rows (band_height)
+            up, down, own = 2 * halo, min(2 * halo, height), min(halo, height)
             seam = torch.cat([rows_of(context_above, height_above - up, height_above), rows_of(context, 0, down)], 1)
             seam_kept = torch.cat([rows_of(kept_above, height_above - halo, height_above), rows_of(kept, 0, own)], 1)
             outs.append(local(seam_kept, seam, (up + down, width), slice(up - halo, up + own)))
