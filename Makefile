@@ -4,6 +4,9 @@
 .PHONY: demo test setup lint
 
 VENV_BIN := .venv/bin
+# Test processes (pytest-xdist; each runs torch on one thread). Most of the suite is single-threaded Python
+# (Dynamo tracing, mmengine's Runner, config parsing), so two workers use both cores of the 2-core machines.
+TEST_WORKERS ?= 2
 
 setup:
 	bash tools/setup_env.sh
@@ -17,4 +20,4 @@ lint: setup
 	$(VENV_BIN)/codespell
 
 test: lint
-	$(VENV_BIN)/python -m pytest tests -q --durations=30
+	$(VENV_BIN)/python -m pytest tests -q -n $(TEST_WORKERS) --dist worksteal --durations=30

@@ -75,6 +75,9 @@ def test_setup_env_stamp_covers_the_build_files():
 def test_make_test_runs_the_lint_first():
     makefile = (ROOT / 'Makefile').read_text()
     assert re.search(r'^test: lint$', makefile, re.M)
+    # the suite runs in pytest-xdist workers, pinned like the other test tools
+    assert re.search(r'^\t\$\(VENV_BIN\)/python -m pytest tests .*-n \$\(TEST_WORKERS\)', makefile, re.M)
+    assert re.search(r'^TEST_WORKERS \?= \d+$', makefile, re.M) and re.search(r'^pytest-xdist==\S+ # test', PINS, re.M)
     lint = re.search(r'^lint:.*\n((?:\t.*\n)+)', makefile, re.M).group(1)
     assert 'ruff check .' in lint and 'ruff format --check .' in lint and 'codespell' in lint
     ruff = PYPROJECT['tool']['ruff']
