@@ -3,6 +3,8 @@
 stacked q/k/v GEMMs, against the network written out step by step on NCHW maps with whole-map FFNs and one GEMM
 (F.linear) per projection."""
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -392,13 +394,14 @@ def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
 @pytest.mark.parametrize('num_keys', [7, 40], ids=['clusters', 'full'])
 def test_multi_head_attention_head_by_head_equals_the_fused_kernel(monkeypatch, num_keys):
-    """Head by head on oneDNN (forced by BY_HEAD_PRODUCTS = 0), two samples, keys and values as the heads of a
-    stacked k/v projection (strided views), scores in chunks of 3 queries, the softmax into a buffer of its own (7
-    keys) or over the scores (40 keys): the fused kernel's values within fp32 rounding, from exactly
+    """Head by head on oneDNN (forced by BY_HEAD_PRODUCTS = 0 and BY_HEAD_FASTER), two samples, keys and values as
+    the heads of a stacked k/v projection (strided views), scores in chunks of 3 queries, the softmax into a buffer
+    of its own (7 keys) or over the scores (40 keys): the fused kernel's values within fp32 rounding, from exactly
     BY_HEAD_PRODUCTS on. Below it, with gradients, in bf16 and with keys broadcast over the queries' batch it is
     the fused kernel."""
     torch.manual_seed(0)
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+    monkeypatch.setattr(attention, 'BY_HEAD_FASTER', True)
     monkeypatch.setattr(attention, 'IN_PLACE_SOFTMAX_KEYS', 20)
     in_place = []  # per softmax: written over its input?
     softmax = torch.softmax
@@ -492,6 +495,34 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
     return outs
 
 
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+@pytest.mark.parametrize('slower', ['_fused', '_attention_by_head'])
+def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
+    """Above BY_HEAD_PRODUCTS the attention runs head by head only where by_head_is_faster measured it faster than
+    the fused kernel (here one way is made 20 ms slower), once per thread count; BY_HEAD_FASTER overrides it."""
+    monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+    monkeypatch.setattr(attention, '_by_head_faster', {})
+    measured = []
+    way = getattr(attention, slower)
+
+    def slow_way(*args):
+        measured.append(slower)
+        time.sleep(0.02)
+        return way(*args)
+
+    monkeypatch.setattr(attention, slower, slow_way)
+    queries, keys, values = torch.randn(1, 40, 24), torch.randn(1, 3, 7, 8), torch.randn(1, 3, 7, 8)
+    with torch.no_grad():
+        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        assert len(measured) == 6  # six calls of each way, once
+        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        assert len(measured) == 6 and set(attention._by_head_faster) == {torch.get_num_threads()}
+        for decided in (True, False):
+            monkeypatch.setattr(attention, 'BY_HEAD_FASTER', decided)
+            assert attention._by_head(queries, keys, values) == decided
+    assert len(measured) == 6
+
+
 @pytest.mark.parametrize(
     'kwargs',
     [dict(arch='tiny'), dict(arch='tiny', clustering='mlp'), dict(arch='tiny', assignment='block')],
@@ -500,12 +531,13 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
 @pytest.mark.parametrize('by_head', [False, True], ids=['fused', 'by_head'])
 def test_backbone_equals_the_plain_composition(small_bands, monkeypatch, kwargs, by_head):
     """Outputs within 1e-5 of the plain NCHW computation, at an odd size, with FFN bands of 2-3 rows in stage 1,
-    and with attention head by head on oneDNN where it runs (BY_HEAD_PRODUCTS = 0)."""
+    and with attention head by head on oneDNN where it runs (BY_HEAD_PRODUCTS = 0, BY_HEAD_FASTER)."""
     torch.manual_seed(0)
     small_bands(2 * 60 * 384)
     by_head_runs = []
     if by_head:
         monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+        monkeypatch.setattr(attention, 'BY_HEAD_FASTER', True)
         by_head_of = attention._by_head
 
         def by_head_spy(*args):

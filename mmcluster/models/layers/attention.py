@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -18,6 +21,12 @@ SCORE_ELEMENTS = 2**22
 # another tensor: on the Zen 5 machine of docs/benchmarks.md 0.64x the in-place time on rows of 100 scores (0.53x
 # at 49, 0.78x at 196), 1.02x at 400 and 1.07-1.12x on rows of 1000-4000.
 IN_PLACE_SOFTMAX_KEYS = 400
+# Whether head by head is the faster way on this machine at all: None measures it on first use, once per process and
+# torch thread count (by_head_is_faster); True or False decides it. Which way is faster depends on the CPU more than
+# on the shapes: on the Zen 5 machine of docs/benchmarks.md head by head took 0.77-0.87 of the fused kernel's time
+# (its oneDNN matmul runs at twice MKL's rate), on a Zen 4 one 1.1-2.0x as long at every one of PaCa-ViT's shapes.
+BY_HEAD_FASTER: Optional[bool] = None
+_by_head_faster: dict[int, bool] = {}  # measured, per thread count
 
 
 def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -31,7 +40,8 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
         (B, n, heads * d) tokens, as an output projection takes them.
 
     This is torch's fused ``scaled_dot_product_attention``, except in fp32 CPU inference with at least
-    :data:`BY_HEAD_PRODUCTS` multiply-adds per head in Q K^T: there each head is two matmuls on oneDNN (as
+    :data:`BY_HEAD_PRODUCTS` multiply-adds per head in Q K^T on a machine where that is faster
+    (:func:`by_head_is_faster`): there each head is two matmuls on oneDNN (as
     PaCa-ViT's linear layers, :func:`~.row_bands.linear`) around a softmax, for a chunk of queries at a time;
     the softmax is written over the scores, or into a buffer of its own for rows of fewer than
     :data:`IN_PLACE_SOFTMAX_KEYS` keys. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On
@@ -39,13 +49,24 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     above the threshold (the cluster attention of stages 0-2 at 800x1280 and of stage 0 at 224^2, stage 3's full
     attention over 1000 and 4000 tokens) took 0.77-0.87 of the fused kernel's time one by one with glibc's heap
     kept, and 0.76-1.5x with default malloc, whose state changes from round to round (in the model there, stage 3
-    at 1600x2560 with 4 MiB chunks: 0.88); calls below it 1.0-2.4x (196-784 queries). The same products and
-    softmax; the scale multiplies the keys instead of the scores.
+    at 1600x2560 with 4 MiB chunks: 0.88); calls below it 1.0-2.4x (196-784 queries). On a Zen 4 machine the
+    same calls took 1.1-2.0x the fused kernel's time, and :func:`by_head_is_faster` keeps them on it. The same
+    products and softmax; the scale multiplies the keys instead of the scores.
     """
-    heads, head_dim = keys.shape[1], keys.shape[-1]
     if not _by_head(queries, keys, values):
-        out = F.scaled_dot_product_attention(rearrange(queries, 'b n (h d) -> b h n d', h=heads), keys, values)
-        return rearrange(out, 'b h n d -> b n (h d)')
+        return _fused(queries, keys, values)
+    return _attention_by_head(queries, keys, values)
+
+
+def _fused(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """:func:`multi_head_attention` on torch's fused kernel."""
+    out = F.scaled_dot_product_attention(rearrange(queries, 'b n (h d) -> b h n d', h=keys.shape[1]), keys, values)
+    return rearrange(out, 'b h n d -> b n (h d)')
+
+
+def _attention_by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """:func:`multi_head_attention` head by head on oneDNN's matmul, a chunk of queries at a time."""
+    heads, head_dim = keys.shape[1], keys.shape[-1]
     # Each head's keys (M, d) and values^T (d, M) are the weights of linear layers, made contiguous: linear() runs
     # a strided weight (a head's columns of the stacked k/v output) as F.linear, and oneDNN's matmul on one took
     # 274 instead of 0.2 ms.
@@ -80,4 +101,30 @@ def _by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) ->
         and queries.shape[1] * num_keys * head_dim >= BY_HEAD_PRODUCTS
         and row_bands.ONEDNN_LINEAR is not None
         and row_bands.cpu_fp32_inference(queries, keys, values)
+        and by_head_is_faster()
     )
+
+
+def by_head_is_faster() -> bool:
+    """Whether attention head by head on oneDNN's matmul beats torch's fused kernel on this machine, at torch's
+    current thread count: :data:`BY_HEAD_FASTER` if set, else measured once per process and thread count on random
+    data of the shape of PaCa-ViT's stage-0 cluster attention at 800x1280 (a band of 34 x 320 queries, 2 heads of
+    48 channels, 100 cluster keys; about 70 ms on 2 threads): the faster of the two by their best of five
+    interleaved calls. Either way gives the same values within fp32 rounding; only the time differs."""
+    if BY_HEAD_FASTER is not None:
+        return BY_HEAD_FASTER
+    threads = torch.get_num_threads()
+    if threads not in _by_head_faster:
+        generator = torch.Generator().manual_seed(0)
+        queries = torch.randn(1, 34 * 320, 96, generator=generator)
+        keys, values = torch.randn(2, 1, 2, 100, 48, generator=generator)
+        best = {_attention_by_head: float('inf'), _fused: float('inf')}
+        with torch.no_grad():
+            for round_ in range(6):  # the first round warms both up
+                for way in best:
+                    start = time.perf_counter()
+                    way(queries, keys, values)
+                    if round_:
+                        best[way] = min(best[way], time.perf_counter() - start)
+        _by_head_faster[threads] = best[_attention_by_head] < best[_fused]
+    return _by_head_faster[threads]
