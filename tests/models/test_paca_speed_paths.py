@@ -25,6 +25,7 @@ from mmcluster.models.layers import (
     multi_head_attention,
     pool_clusters,
 )
+from mmcluster.utils.flops import flop_counter
 
 
 def _conv_layer(weight: torch.Tensor, halo: int, calls: list):
@@ -499,7 +500,8 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
 @pytest.mark.parametrize('slower', ['_fused', '_attention_by_head'])
 def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
     """Above BY_HEAD_PRODUCTS the attention runs head by head only where by_head_is_faster measured it faster than
-    the fused kernel (here one way is made 20 ms slower), once per thread count; BY_HEAD_FASTER overrides it."""
+    the fused kernel (here one way is made 20 ms slower), once per thread count, not under a FLOP counter (whose
+    count stays the attention's own); BY_HEAD_FASTER overrides it."""
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
     monkeypatch.setattr(attention, '_by_head_faster', {})
     measured = []
@@ -513,6 +515,12 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
     monkeypatch.setattr(attention, slower, slow_way)
     queries, keys, values = torch.randn(1, 40, 24), torch.randn(1, 3, 7, 8), torch.randn(1, 3, 7, 8)
     with torch.no_grad():
+        with flop_counter() as counter:  # nothing measured (nor counted) under a dispatch mode: the fused kernel
+            assert not attention._by_head(queries, keys, values)
+            attention.multi_head_attention(queries, keys, values)
+        assert attention._by_head_faster == {} and measured == (['_fused'] if slower == '_fused' else [])  # the call
+        assert counter.get_total_flops() == 2 * 2 * 40 * 7 * 24
+        measured.clear()
         assert attention._by_head(queries, keys, values) == (slower == '_fused')
         assert len(measured) == 6  # six calls of each way, once
         assert attention._by_head(queries, keys, values) == (slower == '_fused')
