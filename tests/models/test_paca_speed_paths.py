@@ -500,31 +500,43 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
 @pytest.mark.parametrize('slower', ['_fused', '_attention_by_head'])
 def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
     """Above BY_HEAD_PRODUCTS the attention runs head by head only where by_head_is_faster measured it faster than
-    the fused kernel (here one way is made 20 ms slower), once per thread count, not under a FLOP counter (whose
-    count stays the attention's own); BY_HEAD_FASTER overrides it."""
+    the fused kernel (here one way is made 100 ms slower), once per thread count; nothing is measured with
+    gradients, under autocast or under a FLOP counter (whose count stays the attention's own, the fused kernel's,
+    also after a measurement); BY_HEAD_FASTER overrides it."""
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
+    monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
     monkeypatch.setattr(attention, '_by_head_faster', {})
     measured = []
     way = getattr(attention, slower)
 
     def slow_way(*args):
         measured.append(slower)
-        time.sleep(0.02)
+        time.sleep(0.1)
         return way(*args)
 
     monkeypatch.setattr(attention, slower, slow_way)
     queries, keys, values = torch.randn(1, 40, 24), torch.randn(1, 3, 7, 8), torch.randn(1, 3, 7, 8)
+    assert not attention._by_head(queries, keys.requires_grad_(), values)  # gradients: the fused kernel
+    keys = keys.detach()
     with torch.no_grad():
-        with flop_counter() as counter:  # nothing measured (nor counted) under a dispatch mode: the fused kernel
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not attention._by_head(queries, keys, values)
+        with flop_counter() as counter:
+            assert not attention._by_head(queries, keys, values)
+        assert attention._by_head_faster == {} and measured == []
+        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        assert len(measured) == 6  # six calls of the slowed way (one to warm up, five timed), once
+        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        threads = torch.get_num_threads()
+        assert len(measured) == 6 and set(attention._by_head_faster) == {threads}
+        with flop_counter() as counter:  # after the measurement too: the fused kernel, counted as such
             assert not attention._by_head(queries, keys, values)
             attention.multi_head_attention(queries, keys, values)
-        assert attention._by_head_faster == {} and measured == (['_fused'] if slower == '_fused' else [])  # the call
         assert counter.get_total_flops() == 2 * 2 * 40 * 7 * 24
         measured.clear()
+        monkeypatch.setattr(torch, 'get_num_threads', lambda: threads + 1)  # another thread count: measured again
         assert attention._by_head(queries, keys, values) == (slower == '_fused')
-        assert len(measured) == 6  # six calls of each way, once
-        assert attention._by_head(queries, keys, values) == (slower == '_fused')
-        assert len(measured) == 6 and set(attention._by_head_faster) == {torch.get_num_threads()}
+        assert len(measured) == 6 and set(attention._by_head_faster) == {threads, threads + 1}
         for decided in (True, False):
             monkeypatch.setattr(attention, 'BY_HEAD_FASTER', decided)
             assert attention._by_head(queries, keys, values) == decided
