@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch.utils import _python_dispatch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from . import row_bands
 
@@ -112,11 +112,11 @@ def by_head_is_faster() -> bool:
     data of the shape of PaCa-ViT's stage-0 cluster attention at 800x1280 (a band of 34 x 320 queries, 2 heads of
     48 channels, 100 cluster keys): the faster of the two by their best of five interleaved calls (the whole
     measurement takes about 70 ms on 2 threads). Either way gives the same values within fp32 rounding; only the time
-    differs. Under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx) it
-    answers False without measuring: what is counted or traced is always the fused kernel."""
+    differs. Under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx) it answers False without
+    measuring: what is counted or traced is always the fused kernel."""
     if BY_HEAD_FASTER is not None:
         return BY_HEAD_FASTER
-    if _in_dispatch_mode():
+    if is_in_torch_dispatch_mode():
         return False
     threads = torch.get_num_threads()
     if threads not in _by_head_faster:
@@ -134,9 +134,3 @@ def by_head_is_faster() -> bool:
                         best[way] = min(best[way], time.perf_counter() - start)
         _by_head_faster[threads] = best[_attention_by_head] < best[_fused]
     return _by_head_faster[threads]
-
-
-def _in_dispatch_mode() -> bool:
-    """Whether a torch dispatch mode is active (``is_in_torch_dispatch_mode`` where torch has it)."""
-    check = getattr(_python_dispatch, 'is_in_torch_dispatch_mode', None)
-    return check() if check is not None else torch._C._len_torch_dispatch_stack() > 0
