@@ -207,6 +207,11 @@ class Measurement:
     compiled: bool = False  # torch.compile(fullgraph=True) of the forward pass
     vs_first: Optional[float] = None  # latency / the first model's at the same input, batch, dtype and mode
     vs_first_input: Optional[float] = None  # latency / the same model's at the first input (batch, dtype, mode)
+    # --interleave: the timed passes in round order, and the per-round ratios' quartiles (q1, median, q3) of
+    # vs_first and vs_first_input (add_first_ratios): each round's latency over the reference's in the same round
+    round_times_ms: Optional[list[float]] = None
+    vs_first_rounds: Optional[tuple[float, float, float]] = None
+    vs_first_input_rounds: Optional[tuple[float, float, float]] = None
     vs_eager: Optional[float] = None  # compiled rows: latency / the same model's eager latency
     gflop: Optional[float] = None  # FLOPs of one pass (count_flops), in 1e9
     gflops: Optional[float] = None  # achieved: gflop / median latency in seconds
@@ -844,7 +849,9 @@ def measure_interleaved(
                 peak, rise = (bench.held() + rise_bytes) / 2**20, rise_bytes / 2**20
             else:
                 peak, rise = _cpu_memory(bench)
-            rows.append(_result(bench, bench_times, peak, rise, None, gemm_gflops))
+            row = _result(bench, bench_times, peak, rise, None, gemm_gflops)
+            row.round_times_ms = list(bench_times)
+            rows.append(row)
     return rows
 
 
@@ -897,14 +904,32 @@ def add_first_ratios(rows: Sequence[Measurement]) -> None:
     """Set each row's ``vs_first``: its latency over that of the first row at the same input, batch,
     device, dtype and mode (compiled and with_cp included), e.g. PaCa-Small's latency in Swin-T's; and its
     ``vs_first_input``: its latency over that of the same model's first row at the same batch, device, dtype and
-    mode, e.g. the time growth from 800x1280 to 1600x2560."""
+    mode, e.g. the time growth from 800x1280 to 1600x2560. Rows timed in the same interleaved rounds
+    (``round_times_ms``) also get the quartiles of the per-round ratios (``vs_first_rounds``,
+    ``vs_first_input_rounds``): a slow spell of a shared machine that falls on one round moves both passes of
+    that round, not the ratio of the medians of passes timed at different moments."""
     first: dict[tuple, Measurement] = {}
     first_input: dict[tuple, Measurement] = {}
     for row in rows:
         key = (row.height, row.width, row.batch_size, row.device, row.dtype, row.mode_label)
-        row.vs_first = row.latency_ms / first.setdefault(key, row).latency_ms
+        reference = first.setdefault(key, row)
+        row.vs_first = row.latency_ms / reference.latency_ms
+        row.vs_first_rounds = _round_ratios(row, reference)
         key = (row.model, row.batch_size, row.device, row.dtype, row.mode_label)
-        row.vs_first_input = row.latency_ms / first_input.setdefault(key, row).latency_ms
+        reference = first_input.setdefault(key, row)
+        row.vs_first_input = row.latency_ms / reference.latency_ms
+        row.vs_first_input_rounds = _round_ratios(row, reference)
+
+
+def _round_ratios(row: Measurement, reference: Measurement) -> Optional[tuple[float, float, float]]:
+    """The quartiles (q1, median, q3) of ``row``'s per-round latency over ``reference``'s, or None unless both
+    were timed in the same interleaved rounds (as many of them, at least two)."""
+    ours, theirs = row.round_times_ms, reference.round_times_ms
+    if ours is None or theirs is None or len(ours) != len(theirs) or len(ours) < 2:
+        return None
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    return q1, median, q3
 
 
 def _mib(value: Optional[float]) -> str:
@@ -913,6 +938,10 @@ def _mib(value: Optional[float]) -> str:
 
 def _ratio(value: Optional[float]) -> str:
     return '-' if value is None else f'{value:.2f}'
+
+
+def _quartiles(values: Optional[tuple[float, float, float]]) -> str:
+    return '-' if values is None else f'{values[1]:.2f} ({values[0]:.2f}-{values[2]:.2f})'
 
 
 def format_table(rows: Sequence[Measurement]) -> str:
@@ -929,8 +958,13 @@ def format_table(rows: Sequence[Measurement]) -> str:
         ('min (ms)', lambda r: '-' if r.latency_min_ms is None else f'{r.latency_min_ms:.1f}'),
         ('× first', lambda r: _ratio(r.vs_first)),
     ]
+    paired = any(r.vs_first_rounds is not None for r in rows)
+    if paired:
+        columns.append(('× first, per round', lambda r: _quartiles(r.vs_first_rounds)))
     if len({(r.height, r.width) for r in rows}) > 1:
         columns.append(('× first input', lambda r: _ratio(r.vs_first_input)))
+        if paired:
+            columns.append(('× first input, per round', lambda r: _quartiles(r.vs_first_input_rounds)))
     if any(r.compiled for r in rows):
         columns.append(('× eager', lambda r: _ratio(r.vs_eager)))
     columns.append(('images/s', lambda r: f'{r.throughput:.2f}'))

@@ -21,19 +21,21 @@ in one run.
         --shapes 512 [--with-cp]
 
 MODEL is a preset backbone name (see --list; every family's arch table gives presets, e.g. paca-small, next to
-mmdet's PVTv2, Swin and ResNet), a det/seg config file, or timm:NAME. Latency is the median of --iters timed
-passes after --warmup ones (CUDA events on GPUs), ± half the range; throughput is batch / median latency;
-"× first" is the latency over that of the first model named, at the same input, dtype and mode, and with more
-than one input size "× first input" the latency over the same model's at the first size given (e.g. the time
-growth from 800x1280 to 1600x2560). A pass is a forward pass without gradients, or with --train a whole training
-step: of a backbone or timm classifier, the loss is the mean of the output maps, or cross entropy against random
-classes; of a det/seg config, the model's own losses on one synthetic batch (random uint8 images; a few random
-boxes, labels and box masks, or a random semantic map), data preprocessor included, as mmengine's train_step
-runs it. AdamW; gradients freed after each step; a first step whose loss is not finite is an error. (UperNet's
-pyramid pooling normalises 1x1 maps with BatchNorm: train it with --batch-size 2 or more.) With --compile each
-model's forward is also run as torch.compile(forward, fullgraph=True, dynamic=False) (inductor; one static graph
-per shape and dtype): the first, compiling call is an untimed warm-up pass and a recompilation during the timed
-passes is an error; "× eager" is its latency over the eager pass's.
+mmdet's PVTv2, Swin and ResNet), a det/seg config file, or timm:NAME. Latency is the median of --iters timed passes
+after --warmup ones (CUDA events on GPUs), ± half the range; throughput is batch / median latency; "× first" is the
+latency over that of the first model named, at the same input, dtype and mode, and with more than one input size
+"× first input" the latency over the same model's at the first size given (e.g. the time growth from 800x1280 to
+1600x2560). With --interleave both also come per round: the median and the quartiles of each round's latency over
+the reference's in the same round ("× first, per round", "× first input, per round"), which a slow spell of a
+shared machine moves less than the ratio of medians of passes timed apart. A pass is a forward pass without
+gradients, or with --train a whole training step: of a backbone or timm classifier, the loss is the mean of the
+output maps, or cross entropy against random classes; of a det/seg config, the model's own losses on one synthetic
+batch (random uint8 images; a few random boxes, labels and box masks, or a random semantic map), data preprocessor
+included, as mmengine's train_step runs it. AdamW; gradients freed after each step; a first step whose loss is not
+finite is an error. (UperNet's pyramid pooling normalises 1x1 maps with BatchNorm: train it with --batch-size 2 or
+more.) With --compile each model's forward is also run as torch.compile(forward, fullgraph=True, dynamic=False)
+(inductor; one static graph per shape and dtype): the first, compiling call is an untimed warm-up pass and a
+recompilation during the timed passes is an error; "× eager" is its latency over the eager pass's.
 
 Peak memory is torch's peak allocated memory: on GPUs from torch.cuda, on CPUs from torch's allocation
 events in one extra, profiled pass (the tensors alive at its start, optimizer state included, plus the

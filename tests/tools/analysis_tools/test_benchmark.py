@@ -2,6 +2,7 @@
 
 import json
 import re
+import statistics
 
 import pytest
 import torch
@@ -12,8 +13,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from mmcluster.models.layers.row_bands import ONEDNN_LINEAR
 from mmcluster.utils.benchmark import (
     ALLOCATOR_ENV,
+    Measurement,
+    add_first_ratios,
     build_named_model,
     count_flops,
+    format_table,
     inference_benches,
     measure_bench,
     measure_interleaved,
@@ -204,9 +208,34 @@ def test_interleave_reports_the_latency_over_the_first_models(capsys):
     assert rows[0].vs_first == 1.0
     assert rows[1].vs_first == pytest.approx(rows[1].latency_ms / rows[0].latency_ms)
     assert all(0 < r.latency_min_ms <= r.latency_ms and r.step_memory_mib > 0 for r in rows)
+    ratios = [a / b for a, b in zip(rows[1].round_times_ms, rows[0].round_times_ms)]
+    low, high = sorted(ratios)  # two rounds: the quartiles are a quarter, half and three quarters of the way
+    assert rows[1].vs_first_rounds == pytest.approx([low + (high - low) * q for q in (0.25, 0.5, 0.75)])
+    assert rows[0].vs_first_rounds == (1.0, 1.0, 1.0)
     table = capsys.readouterr().out
+    q1, median, q3 = rows[1].vs_first_rounds
     assert '× first' in table and f'| {rows[1].vs_first:.2f} ' in table.splitlines()[-1]
+    assert '× first, per round' in table and f'| {median:.2f} ({q1:.2f}-{q3:.2f}) ' in table.splitlines()[-1]
     assert '× first input' not in table  # one input size
+
+
+def test_per_round_ratios_are_the_quartiles_of_each_rounds_ratio():
+    def row(model, times):
+        m = Measurement(model, 8, 8, 1, 'cpu', 'fp32', 1.0, statistics.median(times), 0.0, 1.0, None)
+        m.round_times_ms = times
+        return m
+
+    # a slow spell from the middle of round 3 on: the second model's median pass (270 ms) is a slow one, the
+    # first model's (100 ms) not, so the ratio of the medians is 2.7; every round but the third gives 0.9
+    reference, other = row('ref', [100, 100, 100, 300, 300]), row('new', [90, 90, 270, 270, 270])
+    lone = Measurement('lone', 8, 8, 1, 'cpu', 'fp32', 1.0, 50.0, 0.0, 1.0, None)  # not interleaved
+    add_first_ratios([reference, other])
+    assert other.vs_first == pytest.approx(2.7)
+    assert other.vs_first_rounds == pytest.approx((0.9, 0.9, 0.9))
+    add_first_ratios([reference, lone])
+    assert lone.vs_first == pytest.approx(0.5) and lone.vs_first_rounds is None
+    assert '× first, per round' in format_table([reference, other])
+    assert '× first, per round' not in format_table([lone])
 
 
 def test_two_input_sizes_report_each_models_growth(capsys):
@@ -226,6 +255,10 @@ def test_two_input_sizes_report_each_models_growth(capsys):
     header = lines.index(next(line for line in lines if line.startswith('| model')))
     assert '× first input' in lines[header]
     assert f'| {rows[3].vs_first_input:.2f} ' in lines[header + 5]
+    ratios = [a / b for a, b in zip(rows[3].round_times_ms, rows[2].round_times_ms)]
+    low, high = sorted(ratios)
+    assert rows[3].vs_first_input_rounds == pytest.approx([low + (high - low) * q for q in (0.25, 0.5, 0.75)])
+    assert '× first input, per round' in lines[header]
 
 
 def _flops(fn) -> int:
