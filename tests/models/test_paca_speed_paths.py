@@ -156,15 +156,21 @@ def test_clustering_modules_give_the_logits_of_their_equations(small_bands, elem
     assert out.grad_fn is not None
 
 
-@pytest.mark.parametrize('height,whole', [(9, True), (10, False), (3, True)])
-def test_maps_of_at_most_whole_map_bands_run_whole(small_bands, height, whole):
-    """With bands of 3 rows and WHOLE_MAP_BANDS = 3 a map of up to 9 rows runs in one piece, one of 10 in 4 bands."""
+@pytest.mark.parametrize(
+    'height,whole_map_elements,bands',
+    [(9, 2**30, 1), (10, 2**30, 4), (3, 2**30, 1), (9, 9 * 5 * 4, 1), (9, 9 * 5 * 4 - 1, 3), (3, 0, 1)],
+)
+def test_maps_of_at_most_whole_map_bands_run_whole(small_bands, monkeypatch, height, whole_map_elements, bands):
+    """With bands of 3 rows and WHOLE_MAP_BANDS = 3 a map of up to 9 rows runs in one piece, one of 10 in 4 bands;
+    one of 9 rows in 3 bands when its whole intermediate (9 x 5 tokens x 4 channels) has more than
+    WHOLE_MAP_ELEMENTS values; one of up to 3 rows (one band) always whole."""
     small_bands(3 * 5 * 4, whole_map_bands=3)
+    monkeypatch.setattr(row_bands, 'WHOLE_MAP_ELEMENTS', whole_map_elements)
     calls = []
     x = torch.randn(1, height * 5, 2)
     out = map_row_bands(lambda kept, context, hw, rows: calls.append(hw) or kept, x, (height, 5), 4)
-    assert row_bands.band_height(x, (height, 5), 4) == (None if whole else 3)
-    assert len(calls) == (1 if whole else 4) and torch.equal(out, x)
+    assert row_bands.band_height(x, (height, 5), 4) == (None if bands == 1 else 3)
+    assert len(calls) == bands and torch.equal(out, x)
 
 
 def test_map_row_bands_runs_whole_maps_off_the_cpu(small_bands):

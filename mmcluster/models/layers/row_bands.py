@@ -29,17 +29,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Hidden activation elements per band: 2**22 fp32 values (16 MiB); PaCa-Small's stage 0 runs in bands of 34 rows at
-# 800x1280 (its later stages whole) and of 17 at 1600x2560. 2**21 was chosen when each band's context was copied into
-# a buffer after the next band's row-wise part (so it had to stay in the cache meanwhile); with the seams
+# Hidden activation elements per band: 2**22 fp32 values (16 MiB); PaCa-Small's stages 0 and 1 run in bands of 34
+# rows at 800x1280 (stages 2 and 3 whole), and of 17 at 1600x2560. 2**21 was chosen when each band's context was
+# copied into a buffer after the next band's row-wise part (so it had to stay in the cache meanwhile); with the seams
 # (_bands_and_seams) PaCa-Small took 0.95 of the time with 2**22 at 800x1280 and 0.94 at 1600x2560 on the Zen 5
 # machine of docs/benchmarks.md, glibc's heap kept (1.00 and 0.91 with default malloc). 2**23 ran whole maps at
-# 800x1280, 1.45x slower with default malloc.
+# 800x1280, 1.45x slower with default malloc. On the Zen 4 machine there, 2**23 took 0.94 of the time at 1600x2560
+# with the heap kept and 1.05 with default malloc.
 BAND_ELEMENTS = 2**22
 # Maps of at most this many bands run whole: there the bands' own work (halo rows read by two bands, the norms of
 # the clustering and pooling redone per band, band outputs copied) costs more than the cache saves. On the Zen 5
 # machine of docs/benchmarks.md, PaCa-Small at 800x1280 took 0.96-0.97 of the time with its stage 2 (3 bands) whole.
 WHOLE_MAP_BANDS = 3
+# ... unless the whole map's widest intermediate holds more values than this (32 MiB in fp32): glibc's malloc, by
+# default, gives every block of 32 MiB or more (its largest dynamic mmap threshold) fresh pages from the kernel,
+# which fault in and are zeroed on every pass. On the Zen 4 machine of docs/benchmarks.md, PaCa-Small's stage 1 at
+# 800x1280 (16,000 tokens x 768 hidden channels, 47 MiB) took 0.87 of its whole-map time in bands with default
+# malloc, and 1.05 with glibc's heap kept (MALLOC_MMAP_THRESHOLD_ raised).
+WHOLE_MAP_ELEMENTS = 2**23
 
 Grid = tuple[int, int]
 RowwiseFn = Callable[[torch.Tensor, Grid], tuple[torch.Tensor, torch.Tensor]]
@@ -49,9 +56,12 @@ LocalFn = Callable[[torch.Tensor, torch.Tensor, Grid, slice], torch.Tensor]
 def band_height(x: torch.Tensor, hw: Grid, hidden_dim: int, halo: int = 0) -> Optional[int]:
     """Rows per band for tokens x (B, H*W, C) whose widest intermediate has ``hidden_dim`` channels, at least
     ``2 * halo`` (a band's seams with its neighbours, :func:`_bands_and_seams`), or None when the map runs whole:
-    off the CPU, or when :data:`WHOLE_MAP_BANDS` bands would hold the whole map."""
+    off the CPU, when one band would hold the whole map, or when :data:`WHOLE_MAP_BANDS` bands would and the whole
+    intermediate has at most :data:`WHOLE_MAP_ELEMENTS` values."""
     rows = max(1, 2 * halo, BAND_ELEMENTS // (x.shape[0] * hw[1] * hidden_dim))
-    return None if x.device.type != 'cpu' or rows * WHOLE_MAP_BANDS >= hw[0] else rows
+    small = x.shape[0] * hw[0] * hw[1] * hidden_dim <= WHOLE_MAP_ELEMENTS
+    whole = rows >= hw[0] or (rows * WHOLE_MAP_BANDS >= hw[0] and small)
+    return None if x.device.type != 'cpu' or whole else rows
 
 
 def token_chunk(x: torch.Tensor, channels: int) -> Optional[int]:
