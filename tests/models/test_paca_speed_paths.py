@@ -3,6 +3,7 @@
 stacked q/k/v GEMMs, against the network written out step by step on NCHW maps with whole-map FFNs and one GEMM
 (F.linear) per projection."""
 
+import threading
 import time
 
 import pytest
@@ -547,6 +548,35 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
             monkeypatch.setattr(attention, 'BY_HEAD_FASTER', decided)
             assert attention._by_head(queries, keys, values) == decided
     assert len(measured) == 6
+
+
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+def test_threads_asking_at_once_share_one_measurement(monkeypatch):
+    """Two Python threads whose first attention calls come at once: one measures, the other waits for its answer
+    (two measurements at once would time each other)."""
+    monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
+    monkeypatch.setattr(attention, '_by_head_faster', {})
+    calls, fused = [], attention._fused
+
+    def slow_fused(*args):
+        calls.append(threading.get_ident())
+        time.sleep(0.02)
+        return fused(*args)
+
+    monkeypatch.setattr(attention, '_fused', slow_fused)
+    start, answers = threading.Barrier(2), []
+
+    def ask():
+        start.wait()
+        answers.append(attention.by_head_is_faster())
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [True, True]  # the fused way, 20 ms slower per call, lost
+    assert len(calls) == 6 and len(set(calls)) == 1  # one measurement, in one thread
 
 
 @pytest.mark.parametrize(

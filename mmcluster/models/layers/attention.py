@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Optional
 
@@ -28,6 +29,7 @@ IN_PLACE_SOFTMAX_KEYS = 400
 # (its oneDNN matmul runs at twice MKL's rate), on a Zen 4 one 1.1-2.0x as long at every one of PaCa-ViT's shapes.
 BY_HEAD_FASTER: Optional[bool] = None
 _by_head_faster: dict[int, bool] = {}  # measured, per thread count
+_measuring = threading.Lock()  # one measurement at a time: two at once would time each other
 
 
 def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -120,17 +122,24 @@ def by_head_is_faster() -> bool:
         return False
     threads = torch.get_num_threads()
     if threads not in _by_head_faster:
-        generator = torch.Generator().manual_seed(0)
-        queries = torch.randn(1, 34 * 320, 96, generator=generator, device='cpu', dtype=torch.float32)
-        keys, values = torch.randn(2, 1, 2, 100, 48, generator=generator, device='cpu', dtype=torch.float32)
-        best = {_attention_by_head: float('inf'), _fused: float('inf')}
-        # named in a profile of the first pass (profile_model.py --warmup 0)
-        with torch.no_grad(), torch.profiler.record_function('mmcluster.by_head_is_faster'):
-            for round_ in range(6):  # the first round warms both up
-                for way in best:
-                    start = time.perf_counter()
-                    way(queries, keys, values)
-                    if round_:
-                        best[way] = min(best[way], time.perf_counter() - start)
-        _by_head_faster[threads] = best[_attention_by_head] < best[_fused]
+        with _measuring:
+            if threads not in _by_head_faster:  # or another thread measured it while this one waited
+                _by_head_faster[threads] = _measure_by_head_faster()
     return _by_head_faster[threads]
+
+
+def _measure_by_head_faster() -> bool:
+    """Whether head by head was the faster way on the probe of :func:`by_head_is_faster`."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(1, 34 * 320, 96, generator=generator, device='cpu', dtype=torch.float32)
+    keys, values = torch.randn(2, 1, 2, 100, 48, generator=generator, device='cpu', dtype=torch.float32)
+    best = {_attention_by_head: float('inf'), _fused: float('inf')}
+    # named in a profile of the first pass (profile_model.py --warmup 0)
+    with torch.no_grad(), torch.profiler.record_function('mmcluster.by_head_is_faster'):
+        for round_ in range(6):  # the first round warms both up
+            for way in best:
+                start = time.perf_counter()
+                way(queries, keys, values)
+                if round_:
+                    best[way] = min(best[way], time.perf_counter() - start)
+    return best[_attention_by_head] < best[_fused]
