@@ -772,10 +772,15 @@ def _result(
     if gemm_gflops is not None:
         row.gflop = _flops(bench) / 1e9
         row.gflops = row.gflop / (median / 1000)
-        row.gemm_rate_gflops = gemm_gflops
-        row.gemm_fraction = row.gflops / gemm_gflops
+        set_gemm_rate(row, gemm_gflops)
     bench.measured = row
     return row
+
+
+def set_gemm_rate(row: Measurement, gemm_gflops: float) -> None:
+    """Set the machine's GEMM rate of ``row`` (which has its FLOP rate) and its share of it."""
+    row.gemm_rate_gflops = gemm_gflops
+    row.gemm_fraction = row.gflops / gemm_gflops
 
 
 def _timed_pass(bench: Bench) -> tuple[float, int]:

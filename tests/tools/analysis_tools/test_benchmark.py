@@ -269,12 +269,30 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
+@pytest.mark.parametrize('before,after', [(100.0, 150.0), (200.0, 50.0)])
+def test_gemm_rate_is_the_faster_of_before_and_after_the_passes(monkeypatch, capsys, before, after):
+    """A slow spell during one of the two GEMM measurements does not lower the rate (nor raise the shares of it)."""
+    tool = load_tool('tools/analysis_tools/benchmark.py')
+    measured = iter([{'torch.mm': before, 'other': before / 2}, {'torch.mm': after, 'other': after / 2}])
+    monkeypatch.setattr(tool, 'gemm_rates', lambda *args: next(measured))
+    rows = tool.main(['pvtv2-b1', '--shapes', '32', '--warmup', '0', '--iters', '2', '--gemm-rate', '--interleave'])
+    rate = max(before, after)
+    assert rows[0].gemm_rate_gflops == rate and rows[0].gemm_fraction == pytest.approx(rows[0].gflops / rate)
+    assert f'fp32 GEMM rate {rate:.1f} GFLOP/s (the fastest of torch.mm {rate:.1f}, other {rate / 2:.1f};' in (
+        capsys.readouterr().out
+    )
+
+
 def test_gemm_rate_and_the_flops_of_a_pass(capsys):
     main = benchmark_main()
     args = ['--shapes', '32', '--warmup', '0', '--iters', '1', '--device', 'cpu', '--gemm-rate']
     rows = main(['paca-tiny', 'pvtv2-b1', *args])
     header = capsys.readouterr().out.splitlines()[0]
-    found = re.search(r'fp32 GEMM rate ([\d.]+) GFLOP/s \(the fastest of (.*); 2048x2048, median of 5\)', header)
+    found = re.search(
+        r'fp32 GEMM rate ([\d.]+) GFLOP/s \(the fastest of (.*); 2048x2048, median of 5, the faster of a measurement '
+        r'before and one after the timed passes\)',
+        header,
+    )
     rate = float(found.group(1))
     paths = dict(re.fullmatch(r'(.+) ([\d.]+)', path).groups() for path in found.group(2).split(', '))
     assert rate > 0 and rate == max(float(value) for value in paths.values())
