@@ -79,7 +79,7 @@ def test_pip_install_resolves_mmcluster_base(tmp_path):
         for line in metadata.splitlines()
         if line.startswith('Requires-Dist:')
     ]
-    assert 'torch>=2.1' in requires and not any('==' in r or r.startswith('mmcv') for r in requires), requires
+    assert 'torch>=2.7' in requires and not any('==' in r or r.startswith('mmcv') for r in requires), requires
     assert 'License-Expression: Apache-2.0' in metadata
 
     out = python_outside_repo(
