@@ -40,7 +40,7 @@ BAND_ELEMENTS = 2**22
 # Maps of at most this many bands run whole: there the bands' own work (halo rows read by two bands, the norms of
 # the clustering and pooling redone per band, band outputs copied) costs more than the cache saves. On the Zen 5
 # machine of docs/benchmarks.md, PaCa-Small at 800x1280 took 0.96-0.97 of the time with its stage 2 (3 bands) whole;
-# on the Zen 4 one there, that stage alone took 1.03-1.09 of its whole-map time in 2, 3 or 4 bands.
+# on the Zen 4 one there, that stage alone took 1.03-1.09 of its whole-map time in 2 or 3 bands.
 WHOLE_MAP_BANDS = 3
 # ... unless the whole map's widest intermediate holds more values than this (32 MiB in fp32): glibc's malloc, by
 # default, gives every block of 32 MiB or more (its largest dynamic mmap threshold) fresh pages from the kernel,
