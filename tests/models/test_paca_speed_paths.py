@@ -17,6 +17,7 @@ from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
 from mmcluster.models.layers import (
     DWConvFFN,
     OneDNNLinear,
+    SoftAssignment,
     batched_matmul,
     contiguous_nchw,
     conv_rows,
@@ -220,6 +221,39 @@ def test_contiguous_nchw_copies_channels_last_maps_band_by_band(small_bands):
     assert torch.equal(grad, weight)
     plain = torch.randn(1, 2, 3, 4)
     assert contiguous_nchw(plain) is plain
+
+
+def test_soft_assignment_overwrites_its_logits_only_where_asked_in_cpu_fp32_inference():
+    """SoftAssignment(overwrite_logits=True) in fp32 CPU inference writes the weights over its contiguous logits
+    (no second (B, M, N) tensor), with the values of the out-of-place softmax; with gradients, under autocast, on a
+    non-contiguous view, in bf16 or by default (the PaCa head returns its logits too) the logits are left as they
+    were. PaCa-ViT's clustering blocks overwrite, their logits being a temporary."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 301) * 3
+    expected = logits.softmax(-1)
+    assign = SoftAssignment(overwrite_logits=True)
+    with torch.no_grad():
+        kept = logits.clone()
+        weights = assign(kept)
+        assert weights.data_ptr() == kept.data_ptr() and torch.equal(weights, expected)
+        kept = logits.clone()
+        assert torch.equal(SoftAssignment()(kept), expected) and torch.equal(kept, logits)
+        strided = logits.clone().transpose(1, 2).contiguous().transpose(1, 2)
+        assert torch.equal(assign(strided), expected) and torch.equal(strided, logits)
+        half = logits.bfloat16()
+        weights = assign(half)
+        assert weights.dtype == torch.float32 and torch.equal(half, logits.bfloat16())
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            kept = logits.clone()
+            weights = assign(kept)
+        assert weights.dtype == torch.float32 and torch.equal(kept, logits)
+    leaf = logits.clone().requires_grad_(True)
+    weights = assign(leaf)
+    assert torch.equal(leaf.detach(), logits) and weights.grad_fn is not None
+    torch.testing.assert_close(weights, expected)
+    model = PaCaViT(arch='tiny')
+    overwriting = [m.overwrite_logits for m in model.modules() if isinstance(m, SoftAssignment)]
+    assert overwriting and all(overwriting)
 
 
 def test_pool_clusters_normalises_chunk_by_chunk(small_bands, monkeypatch):

@@ -180,7 +180,8 @@ class PatchToClusterAttention(nn.Module):
         self.num_heads = num_heads
         self.num_clusters = num_clusters
         self.clustering = clustering
-        self.assign = SoftAssignment() if clustering is not None else None
+        # the clustering's logits are a temporary of this forward: the weights may overwrite them
+        self.assign = SoftAssignment(overwrite_logits=True) if clustering is not None else None
         self.cluster_norm = nn.LayerNorm(dim, eps=1e-6) if num_clusters > 0 else None
         self.q = OneDNNLinear(dim, dim)
         self.k = OneDNNLinear(dim, dim)

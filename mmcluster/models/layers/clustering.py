@@ -5,7 +5,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .row_bands import batched_matmul, token_chunk
+from .row_bands import batched_matmul, cpu_fp32_inference, token_chunk
 
 
 def soft_assignment(logits: torch.Tensor) -> torch.Tensor:
@@ -19,12 +19,29 @@ def soft_assignment(logits: torch.Tensor) -> torch.Tensor:
 
 class SoftAssignment(nn.Module):
     """:func:`soft_assignment` as a module (no parameters), so tools can find and watch every place where a
-    model turns assignment logits into weights; its output must be fp32 under autocast (``fp32_output``)."""
+    model turns assignment logits into weights; its output must be fp32 under autocast (``fp32_output``).
+
+    Args:
+        overwrite_logits: the caller's logits are a temporary, used for nothing else: in fp32 CPU inference the
+            weights are then written over them when they are contiguous (the same values). An out-of-place
+            softmax allocates another (B, M, N) tensor, 98 MiB in PaCa-Small's stage 0 at 1600x2560: above
+            glibc's mmap threshold, so with default malloc it is mapped and faulted in afresh on every pass
+            (41 against 10 ms in place on 2 threads, docs/benchmarks.md).
+    """
 
     fp32_output = True
 
+    def __init__(self, overwrite_logits: bool = False) -> None:
+        super().__init__()
+        self.overwrite_logits = overwrite_logits
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.overwrite_logits and logits.is_contiguous() and cpu_fp32_inference(logits):
+            return torch.softmax(logits, dim=-1, out=logits)
         return soft_assignment(logits)
+
+    def extra_repr(self) -> str:
+        return 'overwrite_logits=True' if self.overwrite_logits else ''
 
 
 def pool_clusters(
