@@ -26,7 +26,7 @@ class SoftAssignment(nn.Module):
             weights are then written over them when they are contiguous (the same values). An out-of-place
             softmax allocates another (B, M, N) tensor, 98 MiB in PaCa-Small's stage 0 at 1600x2560: above
             glibc's mmap threshold, so with default malloc it is mapped and faulted in afresh on every pass
-            (41 against 10 ms in place on 2 threads, docs/benchmarks.md).
+            (37-41 against 10-11 ms in place on 2 threads, docs/benchmarks.md).
     """
 
     fp32_output = True
