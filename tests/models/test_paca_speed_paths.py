@@ -538,12 +538,12 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
-@pytest.mark.parametrize('slower', ['_fused', '_attention_by_head'])
+@pytest.mark.parametrize('slower', ['_blas_product', '_onednn_product'])
 def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
-    """Above BY_HEAD_PRODUCTS the attention runs head by head only where by_head_is_faster measured it faster than
-    the fused kernel (here one way is made 100 ms slower), once per thread count; nothing is measured with
-    gradients, under autocast or under a FLOP counter (whose count stays the attention's own, the fused kernel's,
-    also after a measurement); BY_HEAD_FASTER overrides it."""
+    """Above BY_HEAD_PRODUCTS the attention runs head by head only where by_head_is_faster measured oneDNN's matmul
+    clearly faster than the BLAS GEMM under the fused kernel (here one of the two is made 100 ms slower), once per
+    thread count; nothing is measured with gradients, under autocast or under a FLOP counter (whose count stays the
+    attention's own, the fused kernel's, also after a measurement); BY_HEAD_FASTER overrides it."""
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
     monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
     monkeypatch.setattr(attention, '_by_head_faster', {})
@@ -556,6 +556,7 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
         return way(*args)
 
     monkeypatch.setattr(attention, slower, slow_way)
+    by_head = slower == '_blas_product'
     queries, keys, values = torch.randn(1, 40, 24), torch.randn(1, 3, 7, 8), torch.randn(1, 3, 7, 8)
     assert not attention._by_head(queries, keys.requires_grad_(), values)  # gradients: the fused kernel
     keys = keys.detach()
@@ -565,9 +566,9 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
         with flop_counter() as counter:
             assert not attention._by_head(queries, keys, values)
         assert attention._by_head_faster == {} and measured == []
-        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        assert attention._by_head(queries, keys, values) == by_head
         assert len(measured) == 1 + attention.PROBE_ROUNDS  # calls of the slowed way (one to warm up), once
-        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        assert attention._by_head(queries, keys, values) == by_head
         threads = torch.get_num_threads()
         assert len(measured) == 1 + attention.PROBE_ROUNDS and set(attention._by_head_faster) == {threads}
         with flop_counter() as counter:  # after the measurement too: the fused kernel, counted as such
@@ -576,7 +577,7 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
         assert counter.get_total_flops() == 2 * 2 * 40 * 7 * 24
         measured.clear()
         monkeypatch.setattr(torch, 'get_num_threads', lambda: threads + 1)  # another thread count: measured again
-        assert attention._by_head(queries, keys, values) == (slower == '_fused')
+        assert attention._by_head(queries, keys, values) == by_head
         assert len(measured) == 1 + attention.PROBE_ROUNDS
         assert set(attention._by_head_faster) == {threads, threads + 1}
         for decided in (True, False):
@@ -585,15 +586,41 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
     assert len(measured) == 1 + attention.PROBE_ROUNDS
 
 
-def test_head_by_head_needs_a_clear_median_win():
-    """The probe's decision: head by head only if the median of its per-round time ratios to the fused kernel is
-    below BY_HEAD_MARGIN, so a few fast rounds (a slow spell during the fused calls) do not decide it, nor does a win
-    within the margin."""
-    assert attention.BY_HEAD_MARGIN < 1
-    clear_loss = [1.2] * 7 + [0.6] * 3  # the best round favours head by head, the median does not
-    assert not attention.by_head_wins(clear_loss)
-    assert not attention.by_head_wins([attention.BY_HEAD_MARGIN + 0.01] * 10)  # faster, but within the margin
-    assert attention.by_head_wins([0.8] * 7 + [1.5] * 3)  # Zen 5's 0.77-0.87, with slow rounds
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+def test_the_probe_times_one_product_on_both_gemms():
+    """The probe's two ways compute the same product, a @ w^T, of the probe's shape: the BLAS one into the buffer it
+    is given, oneDNN's into a tensor of its own (as head by head runs it)."""
+    rows, columns, length = attention.PROBE_SHAPE
+    a, weight = torch.randn(rows, length), torch.randn(columns, length)
+    expected = (a.double() @ weight.double().t()).float()
+    out = torch.full((rows, columns), float('nan'))
+    with torch.no_grad():
+        assert attention._blas_product(a, weight, out) is out
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-3)
+        onednn = attention._onednn_product(a, weight, torch.full_like(out, float('nan')))
+    assert onednn.data_ptr() != out.data_ptr()
+    torch.testing.assert_close(onednn, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_head_by_head_needs_onednn_clearly_faster():
+    """The probe's decision: head by head only if the median of its per-round ratios (BLAS time / oneDNN time) is at
+    least BY_HEAD_GEMM_RATIO, so a few fast rounds (a slow spell during the BLAS calls) do not decide it, nor does a
+    win within the margin."""
+    assert attention.BY_HEAD_GEMM_RATIO > 1
+    few_fast_rounds = [2.1] * 3 + [1.2] * 7  # the best rounds favour oneDNN, the median does not
+    assert not attention.by_head_wins(few_fast_rounds)
+    assert not attention.by_head_wins([attention.BY_HEAD_GEMM_RATIO - 0.01] * 10)  # faster, but within the margin
+    assert attention.by_head_wins([2.1] * 7 + [1.0] * 3)  # Zen 5's 2.0-2.2, with slow rounds
+
+
+def test_without_onednn_nothing_is_measured(monkeypatch):
+    """A torch build without oneDNN's matmul op has no head-by-head way: by_head_is_faster answers False at once."""
+    monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
+    monkeypatch.setattr(attention, '_by_head_faster', {})
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', None)
+    monkeypatch.setattr(attention, '_blas_product', lambda *args: pytest.fail('measured without oneDNN'))
+    assert not attention.by_head_is_faster()
+    assert attention._by_head_faster == {}
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
@@ -602,14 +629,14 @@ def test_threads_asking_at_once_share_one_measurement(monkeypatch):
     (two measurements at once would time each other)."""
     monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
     monkeypatch.setattr(attention, '_by_head_faster', {})
-    calls, fused = [], attention._fused
+    calls, blas = [], attention._blas_product
 
-    def slow_fused(*args):
+    def slow_blas(*args):
         calls.append(threading.get_ident())
         time.sleep(0.02)
-        return fused(*args)
+        return blas(*args)
 
-    monkeypatch.setattr(attention, '_fused', slow_fused)
+    monkeypatch.setattr(attention, '_blas_product', slow_blas)
     start, answers = threading.Barrier(2), []
 
     def ask():
@@ -621,7 +648,7 @@ def test_threads_asking_at_once_share_one_measurement(monkeypatch):
         thread.start()
     for thread in threads:
         thread.join()
-    assert answers == [True, True]  # the fused way, 20 ms slower per call, lost
+    assert answers == [True, True]  # the BLAS GEMM, 20 ms slower per call, lost
     assert len(calls) == 1 + attention.PROBE_ROUNDS and len(set(calls)) == 1  # one measurement, in one thread
 
 

@@ -24,19 +24,23 @@ SCORE_ELEMENTS = 2**22
 # another tensor: on the Zen 5 machine of docs/benchmarks.md 0.64x the in-place time on rows of 100 scores (0.53x
 # at 49, 0.78x at 196), 1.02x at 400 and 1.07-1.12x on rows of 1000-4000.
 IN_PLACE_SOFTMAX_KEYS = 400
-# Whether head by head is the faster way on this machine at all: None measures it on first use, once per process and
+# Whether head by head is the faster way on this machine at all: None decides it on first use, once per process and
 # torch thread count (by_head_is_faster); True or False decides it. Which way is faster depends on the CPU more than
-# on the shapes: on the Zen 5 machine of docs/benchmarks.md head by head took 0.77-0.87 of the fused kernel's time
-# (its oneDNN matmul runs at twice MKL's rate), on a Zen 4 one 1.1-2.0x as long at every one of PaCa-ViT's shapes.
+# on the shapes: on it, the two ways run their products on different GEMMs, oneDNN's matmul head by head and the
+# BLAS GEMM (MKL's SGEMM in torch's x86 wheels) inside torch's fused kernel. On the AMD Zen 5 machines of
+# docs/benchmarks.md (CPU family 26) oneDNN's ran at about twice MKL's rate; on the Zen 4 and Zen 3 ones, 2048^2
+# products in separate runs, at 1.1-1.8 and 0.7-1.0 times.
 BY_HEAD_FASTER: Optional[bool] = None
-# The measurement: timed rounds (after one that warms both ways up), each calling both ways, and the median
-# per-round time ratio (head by head / fused) below which head by head is chosen. A ratio of rounds cancels the
-# machine's slow spells, which move both calls of a round; the margin keeps torch's kernel where the two are
-# close. On the Zen 4 machine of docs/benchmarks.md the probe's median ratio was 1.14-1.32 in ten processes, but
-# single rounds went down to 0.61, and the earlier rule (the best of five calls each) sometimes picked head by head
-# there; on the Zen 5 one head by head took 0.77-0.87 of the fused kernel's time.
+# The measurement: the two GEMMs' times for one product, in interleaved rounds after one that warms both up, and the
+# median per-round ratio (BLAS time / oneDNN time) from which head by head is chosen. The product is compute-bound
+# and its output small (256 x 256 from 4096-long rows: 0.5 GFLOP into 256 KiB), so the allocator's state, which
+# moved an earlier probe of whole attention calls by 2x (the per-call score tensors faulted in afresh, or not), does
+# not weigh. On the Zen 5 machine of docs/benchmarks.md the ratio was 2.0-2.2 and head by head took 0.91-0.96 of the
+# fused kernel's time in the whole PaCa-Small at 800x1280 (1.01-1.03 at 224^2, 1.02 at 1600x2560); on the Zen 4 one the
+# whole model took 0.97-1.03 as long either way, so a ratio near the threshold there costs little either way.
 PROBE_ROUNDS = 10
-BY_HEAD_MARGIN = 0.95
+BY_HEAD_GEMM_RATIO = 1.6
+PROBE_SHAPE = (256, 256, 4096)  # rows, output columns, row length
 _by_head_faster: dict[int, bool] = {}  # measured, per thread count
 _measuring = threading.Lock()  # one measurement at a time: two at once would time each other
 
@@ -62,8 +66,9 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
     attention over 1000 and 4000 tokens) took 0.77-0.87 of the fused kernel's time one by one with glibc's heap
     kept, and 0.76-1.5x with default malloc, whose state changes from round to round (in the model there, stage 3
     at 1600x2560 with 4 MiB chunks: 0.88); calls below it 1.0-2.4x (196-784 queries). On a Zen 4 machine the
-    same calls took 1.1-2.0x the fused kernel's time, and :func:`by_head_is_faster` keeps them on it. The same
-    products and softmax; the scale multiplies the keys instead of the scores.
+    same calls took 1.1-2.0x the fused kernel's time one by one with default malloc, and the whole PaCa-Small
+    0.97-1.03 as long either way; there :func:`by_head_is_faster` keeps the fused kernel. The same products and
+    softmax; the scale multiplies the keys instead of the scores.
     """
     if not _by_head(queries, keys, values):
         return _fused(queries, keys, values)
@@ -118,17 +123,17 @@ def _by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) ->
 
 
 def by_head_is_faster() -> bool:
-    """Whether attention head by head on oneDNN's matmul beats torch's fused kernel on this machine, at torch's
-    current thread count: :data:`BY_HEAD_FASTER` if set, else measured once per process and thread count on random
-    data of the shape of PaCa-ViT's stage-0 cluster attention at 800x1280 (a band of 34 x 320 queries, 2 heads of
-    48 channels, 100 cluster keys), :data:`PROBE_ROUNDS` interleaved rounds (0.1-0.2 s on 2 threads); head by head
-    if its median per-round time ratio to the fused kernel is below :data:`BY_HEAD_MARGIN`, else the fused kernel.
-    Either way gives the same values within fp32 rounding; only the time differs. Under a torch dispatch mode (a
-    FLOP counter, FakeTensorMode, make_fx) it answers False without measuring: what is counted or traced is always
-    the fused kernel."""
+    """Whether attention head by head on oneDNN's matmul is the faster way on this machine, at torch's current thread
+    count: :data:`BY_HEAD_FASTER` if set, else measured once per process and thread count. Head by head runs its
+    products on oneDNN's matmul, torch's fused kernel on the BLAS GEMM (as ``torch.mm``); the probe times both GEMMs on
+    one compute-bound fp32 product (:data:`PROBE_SHAPE`) in :data:`PROBE_ROUNDS` interleaved rounds (50-150 ms on 2
+    threads) and picks head by head if the median per-round ratio of the BLAS time to oneDNN's is at least
+    :data:`BY_HEAD_GEMM_RATIO`, else the fused kernel. Either way gives the same values within fp32 rounding; only
+    the time differs. Without oneDNN's op, or under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx),
+    it answers False without measuring: what is counted or traced is always the fused kernel."""
     if BY_HEAD_FASTER is not None:
         return BY_HEAD_FASTER
-    if is_in_torch_dispatch_mode():
+    if row_bands.ONEDNN_LINEAR is None or is_in_torch_dispatch_mode():
         return False
     threads = torch.get_num_threads()
     if threads not in _by_head_faster:
@@ -139,11 +144,14 @@ def by_head_is_faster() -> bool:
 
 
 def _measure_by_head_faster() -> bool:
-    """Whether head by head was the faster way on the probe of :func:`by_head_is_faster`."""
+    """Whether oneDNN's matmul beat the BLAS GEMM by :data:`BY_HEAD_GEMM_RATIO` on the probe of
+    :func:`by_head_is_faster`."""
     generator = torch.Generator().manual_seed(0)
-    queries = torch.randn(1, 34 * 320, 96, generator=generator, device='cpu', dtype=torch.float32)
-    keys, values = torch.randn(2, 1, 2, 100, 48, generator=generator, device='cpu', dtype=torch.float32)
-    ways = (_attention_by_head, _fused)
+    rows, columns, length = PROBE_SHAPE
+    a = torch.randn(rows, length, generator=generator, device='cpu', dtype=torch.float32)
+    weight = torch.randn(columns, length, generator=generator, device='cpu', dtype=torch.float32)
+    out = a.new_empty(rows, columns)
+    ways = (_blas_product, _onednn_product)
     ratios = []
     # named in a profile of the first pass (profile_model.py --warmup 0)
     with torch.no_grad(), torch.profiler.record_function('mmcluster.by_head_is_faster'):
@@ -151,13 +159,24 @@ def _measure_by_head_faster() -> bool:
             took = {}
             for way in ways if round_ % 2 else reversed(ways):  # each way first in every other round
                 start = time.perf_counter()
-                way(queries, keys, values)
+                way(a, weight, out)
                 took[way] = time.perf_counter() - start
             if round_:
-                ratios.append(took[_attention_by_head] / took[_fused])
+                ratios.append(took[_blas_product] / took[_onednn_product])
     return by_head_wins(ratios)
 
 
+def _blas_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ weight^T`` into ``out`` on the BLAS GEMM, the one under torch's fused attention kernel on CPUs."""
+    return torch.mm(a, weight.t(), out=out)
+
+
+def _onednn_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ weight^T`` on oneDNN's matmul, as attention head by head runs it: into a tensor allocated per call, as
+    there (``out`` is not used)."""
+    return row_bands.ONEDNN_LINEAR(a, weight, None, 'none', [], '')
+
+
 def by_head_wins(ratios: list[float]) -> bool:
-    """The decision of :func:`by_head_is_faster` from the probe's per-round time ratios (head by head / fused)."""
-    return statistics.median(ratios) < BY_HEAD_MARGIN
+    """The decision of :func:`by_head_is_faster` from the probe's per-round time ratios (BLAS / oneDNN)."""
+    return statistics.median(ratios) >= BY_HEAD_GEMM_RATIO
