@@ -215,6 +215,47 @@ def test_cluster_maps_are_readable_per_layer():
     assert list(teacher) == [f'teacher.to_clusters.{i}' for i in range(4)]
 
 
+def test_hooks_and_cluster_maps_see_the_logits_not_the_weights(monkeypatch):
+    """In fp32 CPU inference the assignment is written over the clustering's logits (SoftAssignment(overwrite_logits=
+    True)), but not while a forward hook may keep them: cluster_maps, a hook on the clustering layer, a pre-hook on the
+    assignment module and a hook on every module all keep the logits the layer made. Without hooks the weights still
+    overwrite them, and the outputs are the same either way."""
+    from mmcluster.models.layers import clustering as clustering_module
+
+    model = PaCaViT('tiny').eval()
+    x = torch.randn(1, 3, 64, 96)
+    attn = model.stages[0].blocks[0].attn
+    out_of_place = []
+    soft_assignment = clustering_module.soft_assignment
+    monkeypatch.setattr(clustering_module, 'soft_assignment', lambda t: out_of_place.append(1) or soft_assignment(t))
+
+    def run_with(register, watched_blocks=1):
+        kept, copies = [], []
+        handles = [register(kept), attn.clustering.register_forward_hook(lambda m, i, out: copies.append(out.clone()))]
+        out_of_place.clear()
+        with torch.no_grad():
+            outs = model(x)
+        for handle in handles:
+            handle.remove()
+        torch.testing.assert_close(kept[0], copies[0], rtol=0, atol=0)  # what the hook kept is still the logits
+        assert len(out_of_place) == watched_blocks  # the watched blocks' weights went into tensors of their own
+        return outs, copies[0]
+
+    with torch.no_grad():
+        plain = model(x)
+    assert out_of_place == []  # no hooks: every clustering block's weights overwrote its logits
+    hooked, logits = run_with(lambda kept: attn.clustering.register_forward_hook(lambda m, i, out: kept.append(out)))
+    assert not torch.allclose(logits.sum(-1), torch.ones(()))  # logits, not weights
+    run_with(lambda kept: attn.assign.register_forward_pre_hook(lambda m, args: kept.append(args[0])))
+    register_global = torch.nn.modules.module.register_module_forward_hook
+    # a hook on every module watches the three clustering blocks
+    run_with(lambda kept: register_global(lambda m, i, out: kept.append(out) if m is attn.clustering else None), 3)
+    for a, b in zip(plain, hooked):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    maps = model.cluster_maps(x)
+    torch.testing.assert_close(maps['stages.0.blocks.0.attn.clustering'].flatten(2), logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_autocast_keeps_assignment_in_fp32_and_finite(dtype):
     model = PaCaViT('tiny_teacher').eval()

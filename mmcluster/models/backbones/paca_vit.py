@@ -46,6 +46,7 @@ from ..layers import (
     SoftAssignment,
     band_height,
     conv_rows,
+    has_forward_hooks,
     linear,
     linear_tokens_last,
     map_row_bands,
@@ -213,7 +214,8 @@ class PatchToClusterAttention(nn.Module):
             context = x if norm is None else norm(x)
         else:
             if self.clustering is not None:
-                assignment = self.assign(self.clustering(x, hw, norm))
+                # the weights may overwrite the logits, unless a forward hook on the clustering may keep them
+                assignment = self.assign(self.clustering(x, hw, norm), has_forward_hooks(self.clustering))
             elif assignment is None:
                 raise RuntimeError('this block reuses a cluster assignment but none was passed in')
             context = self.cluster_norm(pool_clusters(assignment, x, norm))  # Z_{M,C}, Eqn. 2

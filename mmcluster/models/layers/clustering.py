@@ -8,6 +8,18 @@ import torch.nn as nn
 from .row_bands import batched_matmul, cpu_fp32_inference, token_chunk
 
 
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a forward hook or pre-hook, on ``module`` or on every module (``register_module_forward_hook``), may see
+    its inputs and outputs, and keep them."""
+    hooks = torch.nn.modules.module
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
+    )
+
+
 def soft_assignment(logits: torch.Tensor) -> torch.Tensor:
     """Softmax of assignment logits (B, M, N) over the N tokens (last axis), in fp32 also under autocast.
 
@@ -26,7 +38,9 @@ class SoftAssignment(nn.Module):
             weights are then written over them when they are contiguous (the same values). An out-of-place
             softmax allocates another (B, M, N) tensor, 98 MiB in PaCa-Small's stage 0 at 1600x2560: above
             glibc's mmap threshold, so with default malloc it is mapped and faulted in afresh on every pass
-            (37-41 against 10-11 ms in place on 2 threads, docs/benchmarks.md).
+            (37-41 against 10-11 ms in place on 2 threads, docs/benchmarks.md). Not while a forward hook may keep
+            the logits: one on this module, on every module, or, as the caller says with ``logits_watched``, on
+            the module that made them (``cluster_maps`` captures the clustering layers' outputs that way).
     """
 
     fp32_output = True
@@ -35,8 +49,10 @@ class SoftAssignment(nn.Module):
         super().__init__()
         self.overwrite_logits = overwrite_logits
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.overwrite_logits and logits.is_contiguous() and cpu_fp32_inference(logits):
+    def forward(self, logits: torch.Tensor, logits_watched: bool = False) -> torch.Tensor:
+        """The weights of ``logits`` (B, M, N); ``logits_watched``: a forward hook may keep them."""
+        overwrite = self.overwrite_logits and not logits_watched and not has_forward_hooks(self)
+        if overwrite and logits.is_contiguous() and cpu_fp32_inference(logits):
             return torch.softmax(logits, dim=-1, out=logits)
         return soft_assignment(logits)
 
