@@ -172,9 +172,9 @@ def _blas_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> t
 
 
 def _onednn_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``a @ weight^T`` on oneDNN's matmul, as attention head by head runs it: into a tensor allocated per call, as
-    there (``out`` is not used)."""
-    return row_bands.ONEDNN_LINEAR(a, weight, None, 'none', [], '')
+    """``a @ weight^T`` through :func:`~.row_bands.linear`, on oneDNN's matmul in fp32 CPU inference: the call that
+    attention head by head makes, into a tensor allocated per call, as there (``out`` is not used)."""
+    return row_bands.linear(a, weight)
 
 
 def by_head_wins(ratios: list[float]) -> bool:
