@@ -362,6 +362,7 @@ def test_linear_applies_an_exact_gelu_inside_onednns_matmul(monkeypatch):
     """linear(..., act): an exact GELU is oneDNN's post-op in fp32 inference (no separate GELU), other activations
     (the tanh GELU included) run after the matmul; the values are act(F.linear(...))'s either way."""
     torch.manual_seed(0)
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR_FASTER', True)
     attrs = []
     onednn = row_bands.ONEDNN_LINEAR
     monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', lambda *args: attrs.append(args[3]) or onednn(*args))
@@ -406,11 +407,14 @@ def test_linear_tokens_last_is_the_transposed_product(monkeypatch, batch, with_b
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
-def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
+@pytest.mark.parametrize('onednn_faster', [True, False])
+def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch, onednn_faster):
     """linear() gives F.linear's values (within fp32 rounding: the same products summed in another order) for
-    2-D, 3-D and strided inputs, with and without bias, through oneDNN's matmul in fp32 inference only: with
-    gradients, under autocast, in bf16 and for empty inputs it is F.linear."""
+    2-D, 3-D and strided inputs, with and without bias, through oneDNN's matmul in fp32 inference only, on a machine
+    where that is the faster GEMM: with gradients, under autocast, in bf16, for empty inputs and where the BLAS GEMM
+    is faster it is F.linear. onednn_linear() takes oneDNN's matmul in fp32 inference either way."""
     torch.manual_seed(0)
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR_FASTER', onednn_faster)
     calls = _onednn_calls(monkeypatch)
     layer = OneDNNLinear(24, 40)
     wide = torch.randn(3, 17, 48)
@@ -420,17 +424,59 @@ def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch):
             for bias in (layer.bias, None):
                 torch.testing.assert_close(linear(x, layer.weight, bias), F.linear(x, layer.weight, bias))
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
-    assert len(calls) == 3 * len(inputs)
+    assert len(calls) == (3 * len(inputs) if onednn_faster else 0)
+    with torch.no_grad():
+        for x in inputs:
+            torch.testing.assert_close(row_bands.onednn_linear(x, layer.weight), F.linear(x, layer.weight))
+    assert len(calls) == (4 if onednn_faster else 1) * len(inputs)
+    calls.clear()
 
     x = inputs[1]
     assert layer(x).grad_fn is not None  # gradients needed: F.linear
+    assert row_bands.onednn_linear(x, layer.weight).grad_fn is not None
     with torch.no_grad():
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert layer(x).dtype == torch.bfloat16
         assert linear(x.bfloat16(), layer.weight.bfloat16()).dtype == torch.bfloat16
+        assert row_bands.onednn_linear(x.bfloat16(), layer.weight.bfloat16()).dtype == torch.bfloat16
         assert layer(x[:, :0]).shape == (2, 0, 40)
-    assert len(calls) == 3 * len(inputs)
-    assert OneDNNLinear(24, 40).state_dict().keys() == torch.nn.Linear(24, 40).state_dict().keys()
+    assert calls == []
+
+
+@pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
+@pytest.mark.parametrize('slower', ['blas_product', 'onednn_product'])
+def test_linear_runs_on_the_gemm_measured_faster(monkeypatch, slower):
+    """Where ONEDNN_LINEAR_FASTER is None, linear() runs on the GEMM that LINEAR_PROBE measured faster (here one of
+    the two is made 50 ms slower), once per thread count, on the first call that could take oneDNN's matmul:
+    nothing is measured with gradients, in bf16 or under a FLOP counter (which counts F.linear's product)."""
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR_FASTER', None)
+    monkeypatch.setattr(row_bands.LINEAR_PROBE, 'answers', {})
+    measured, way = [], getattr(row_bands, slower)
+
+    def slow_way(*args):
+        measured.append(slower)
+        time.sleep(0.05)
+        return way(*args)
+
+    monkeypatch.setattr(row_bands, slower, slow_way)
+    calls = _onednn_calls(monkeypatch)
+    x, weight = torch.randn(2, 9, 24), torch.randn(40, 24)
+    linear(x, weight.requires_grad_())
+    weight = weight.detach()
+    with torch.no_grad():
+        linear(x.bfloat16(), weight.bfloat16())
+        with flop_counter() as counter:
+            linear(x, weight)
+        assert counter.get_total_flops() == 2 * 2 * 9 * 24 * 40
+        assert measured == [] and row_bands.LINEAR_PROBE.answers == {} and calls == []
+        torch.testing.assert_close(linear(x, weight), F.linear(x, weight))
+        assert len(measured) == 1 + row_bands.PROBE_ROUNDS  # calls of the slowed way (one to warm up), once
+        onednn = slower == 'blas_product'
+        assert row_bands.onednn_linear_is_faster() == onednn
+        assert row_bands.LINEAR_PROBE.answers == {torch.get_num_threads(): onednn}
+        calls.clear()
+        linear(x, weight)
+        assert len(calls) == (1 if onednn else 0) and len(measured) == 1 + row_bands.PROBE_ROUNDS
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
@@ -538,7 +584,7 @@ def _reference_forward(model: PaCaViT, images: torch.Tensor) -> list[torch.Tenso
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
-@pytest.mark.parametrize('slower', ['_blas_product', '_onednn_product'])
+@pytest.mark.parametrize('slower', ['blas_product', 'onednn_product'])
 def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
     """Above BY_HEAD_PRODUCTS the attention runs head by head only where by_head_is_faster measured oneDNN's matmul
     clearly faster than the BLAS GEMM under the fused kernel (here one of the two is made 100 ms slower), once per
@@ -546,17 +592,17 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
     attention's own, the fused kernel's, also after a measurement); BY_HEAD_FASTER overrides it."""
     monkeypatch.setattr(attention, 'BY_HEAD_PRODUCTS', 0)
     monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
-    monkeypatch.setattr(attention, '_by_head_faster', {})
+    monkeypatch.setattr(attention.BY_HEAD_PROBE, 'answers', {})
     measured = []
-    way = getattr(attention, slower)
+    way = getattr(row_bands, slower)
 
     def slow_way(*args):
         measured.append(slower)
         time.sleep(0.1)
         return way(*args)
 
-    monkeypatch.setattr(attention, slower, slow_way)
-    by_head = slower == '_blas_product'
+    monkeypatch.setattr(row_bands, slower, slow_way)
+    by_head = slower == 'blas_product'
     queries, keys, values = torch.randn(1, 40, 24), torch.randn(1, 3, 7, 8), torch.randn(1, 3, 7, 8)
     assert not attention._by_head(queries, keys.requires_grad_(), values)  # gradients: the fused kernel
     keys = keys.detach()
@@ -565,12 +611,12 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
             assert not attention._by_head(queries, keys, values)
         with flop_counter() as counter:
             assert not attention._by_head(queries, keys, values)
-        assert attention._by_head_faster == {} and measured == []
+        assert attention.BY_HEAD_PROBE.answers == {} and measured == []
         assert attention._by_head(queries, keys, values) == by_head
-        assert len(measured) == 1 + attention.PROBE_ROUNDS  # calls of the slowed way (one to warm up), once
+        assert len(measured) == 1 + row_bands.PROBE_ROUNDS  # calls of the slowed way (one to warm up), once
         assert attention._by_head(queries, keys, values) == by_head
         threads = torch.get_num_threads()
-        assert len(measured) == 1 + attention.PROBE_ROUNDS and set(attention._by_head_faster) == {threads}
+        assert len(measured) == 1 + row_bands.PROBE_ROUNDS and set(attention.BY_HEAD_PROBE.answers) == {threads}
         with flop_counter() as counter:  # after the measurement too: the fused kernel, counted as such
             assert not attention._by_head(queries, keys, values)
             attention.multi_head_attention(queries, keys, values)
@@ -578,49 +624,62 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
         measured.clear()
         monkeypatch.setattr(torch, 'get_num_threads', lambda: threads + 1)  # another thread count: measured again
         assert attention._by_head(queries, keys, values) == by_head
-        assert len(measured) == 1 + attention.PROBE_ROUNDS
-        assert set(attention._by_head_faster) == {threads, threads + 1}
+        assert len(measured) == 1 + row_bands.PROBE_ROUNDS
+        assert set(attention.BY_HEAD_PROBE.answers) == {threads, threads + 1}
         for decided in (True, False):
             monkeypatch.setattr(attention, 'BY_HEAD_FASTER', decided)
             assert attention._by_head(queries, keys, values) == decided
-    assert len(measured) == 1 + attention.PROBE_ROUNDS
+    assert len(measured) == 1 + row_bands.PROBE_ROUNDS
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
-def test_the_probe_times_one_product_on_both_gemms():
-    """The probe's two ways compute the same product, a @ w^T, of the probe's shape: the BLAS one into the buffer it
-    is given, oneDNN's into a tensor of its own (as head by head runs it)."""
-    rows, columns, length = attention.PROBE_SHAPE
+@pytest.mark.parametrize('probe', ['by_head', 'linear'])
+def test_the_probe_times_one_product_on_both_gemms(monkeypatch, probe):
+    """A probe's two ways compute the same product, a @ w^T, of the probe's shape: the BLAS one into the buffer it is
+    given, oneDNN's into a tensor of its own (as the layers run it), also where linear() would take the BLAS GEMM."""
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR_FASTER', False)
+    calls = _onednn_calls(monkeypatch)
+    rows, columns, length = (attention.BY_HEAD_PROBE if probe == 'by_head' else row_bands.LINEAR_PROBE).shape
     a, weight = torch.randn(rows, length), torch.randn(columns, length)
     expected = (a.double() @ weight.double().t()).float()
     out = torch.full((rows, columns), float('nan'))
     with torch.no_grad():
-        assert attention._blas_product(a, weight, out) is out
+        assert row_bands.blas_product(a, weight, out) is out
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-3)
-        onednn = attention._onednn_product(a, weight, torch.full_like(out, float('nan')))
-    assert onednn.data_ptr() != out.data_ptr()
+        onednn = row_bands.onednn_product(a, weight, torch.full_like(out, float('nan')))
+    assert onednn.data_ptr() != out.data_ptr() and len(calls) == 1
     torch.testing.assert_close(onednn, expected, rtol=1e-4, atol=1e-3)
 
 
-def test_head_by_head_needs_onednn_clearly_faster():
-    """The probe's decision: head by head only if the median of its per-round ratios (BLAS time / oneDNN time) is at
-    least BY_HEAD_GEMM_RATIO, so a few fast rounds (a slow spell during the BLAS calls) do not decide it, nor does a
-    win within the margin."""
-    assert attention.BY_HEAD_GEMM_RATIO > 1
+def test_a_probe_decides_by_the_median_ratio_and_its_margin():
+    """A probe's decision: oneDNN's matmul only if the median of its per-round ratios (BLAS time / oneDNN time) is at
+    least the probe's margin, so a few fast rounds (a slow spell during the BLAS calls) do not decide it, nor does a
+    win within the margin. Head by head needs a clear win (BY_HEAD_GEMM_RATIO); linear layers take the faster GEMM."""
+    by_head = attention.BY_HEAD_PROBE
+    assert by_head.ratio == attention.BY_HEAD_GEMM_RATIO > 1
     few_fast_rounds = [2.1] * 3 + [1.2] * 7  # the best rounds favour oneDNN, the median does not
-    assert not attention.by_head_wins(few_fast_rounds)
-    assert not attention.by_head_wins([attention.BY_HEAD_GEMM_RATIO - 0.01] * 10)  # faster, but within the margin
-    assert attention.by_head_wins([2.1] * 7 + [1.0] * 3)  # Zen 5's 2.0-2.2, with slow rounds
+    assert not by_head.wins(few_fast_rounds)
+    assert not by_head.wins([attention.BY_HEAD_GEMM_RATIO - 0.01] * 10)  # faster, but within the margin
+    assert by_head.wins([2.1] * 7 + [1.0] * 3)  # Zen 5's 2.0-2.2, with slow rounds
+    assert row_bands.LINEAR_PROBE.ratio == row_bands.LINEAR_GEMM_RATIO == 1
+    assert row_bands.LINEAR_PROBE.wins([1.05] * 6 + [0.8] * 4)
+    assert not row_bands.LINEAR_PROBE.wins([0.85] * 6 + [1.5] * 4)  # Zen 3's 0.81-0.89, with slow rounds
 
 
 def test_without_onednn_nothing_is_measured(monkeypatch):
-    """A torch build without oneDNN's matmul op has no head-by-head way: by_head_is_faster answers False at once."""
+    """A torch build without oneDNN's matmul op has no head-by-head way and no choice for linear layers: the probes
+    answer False at once."""
     monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
-    monkeypatch.setattr(attention, '_by_head_faster', {})
+    monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR_FASTER', None)
+    for probe in (attention.BY_HEAD_PROBE, row_bands.LINEAR_PROBE):
+        monkeypatch.setattr(probe, 'answers', {})
     monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR', None)
-    monkeypatch.setattr(attention, '_blas_product', lambda *args: pytest.fail('measured without oneDNN'))
-    assert not attention.by_head_is_faster()
-    assert attention._by_head_faster == {}
+    monkeypatch.setattr(row_bands, 'blas_product', lambda *args: pytest.fail('measured without oneDNN'))
+    assert not attention.by_head_is_faster() and not row_bands.onednn_linear_is_faster()
+    assert attention.BY_HEAD_PROBE.answers == {} and row_bands.LINEAR_PROBE.answers == {}
+    with torch.no_grad():
+        x, weight = torch.randn(5, 8), torch.randn(3, 8)
+        torch.testing.assert_close(linear(x, weight), F.linear(x, weight), rtol=0, atol=0)
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
@@ -628,15 +687,15 @@ def test_threads_asking_at_once_share_one_measurement(monkeypatch):
     """Two Python threads whose first attention calls come at once: one measures, the other waits for its answer
     (two measurements at once would time each other)."""
     monkeypatch.setattr(attention, 'BY_HEAD_FASTER', None)
-    monkeypatch.setattr(attention, '_by_head_faster', {})
-    calls, blas = [], attention._blas_product
+    monkeypatch.setattr(attention.BY_HEAD_PROBE, 'answers', {})
+    calls, blas = [], row_bands.blas_product
 
     def slow_blas(*args):
         calls.append(threading.get_ident())
         time.sleep(0.02)
         return blas(*args)
 
-    monkeypatch.setattr(attention, '_blas_product', slow_blas)
+    monkeypatch.setattr(row_bands, 'blas_product', slow_blas)
     start, answers = threading.Barrier(2), []
 
     def ask():
@@ -649,7 +708,7 @@ def test_threads_asking_at_once_share_one_measurement(monkeypatch):
     for thread in threads:
         thread.join()
     assert answers == [True, True]  # the BLAS GEMM, 20 ms slower per call, lost
-    assert len(calls) == 1 + attention.PROBE_ROUNDS and len(set(calls)) == 1  # one measurement, in one thread
+    assert len(calls) == 1 + row_bands.PROBE_ROUNDS and len(set(calls)) == 1  # one measurement, in one thread
 
 
 @pytest.mark.parametrize(

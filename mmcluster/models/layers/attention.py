@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
-import threading
-import time
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from . import row_bands
 
@@ -31,18 +27,16 @@ IN_PLACE_SOFTMAX_KEYS = 400
 # docs/benchmarks.md (CPU family 26) oneDNN's ran at about twice MKL's rate; on the Zen 4 and Zen 3 ones, 2048^2
 # products in separate runs, at 1.1-1.8 and 0.7-1.0 times.
 BY_HEAD_FASTER: Optional[bool] = None
-# The measurement: the two GEMMs' times for one product, in interleaved rounds after one that warms both up, and the
-# median per-round ratio (BLAS time / oneDNN time) from which head by head is chosen. The product is compute-bound
-# and its output small (256 x 256 from 4096-long rows: 0.5 GFLOP into 256 KiB), so the allocator's state, which
-# moved an earlier probe of whole attention calls by 2x (the per-call score tensors faulted in afresh, or not), does
-# not weigh. On the Zen 5 machine of docs/benchmarks.md the ratio was 2.0-2.2 and head by head took 0.91-0.96 of the
-# fused kernel's time in the whole PaCa-Small at 800x1280 (1.01-1.03 at 224^2, 1.02 at 1600x2560); on the Zen 4 one the
-# whole model took 0.97-1.03 as long either way, so a ratio near the threshold there costs little either way.
-PROBE_ROUNDS = 10
-BY_HEAD_GEMM_RATIO = 1.6
+# The probe (row_bands.GemmProbe): one compute-bound product with a small output (256 x 256 from 4096-long rows, as
+# the scores of 256 queries over 4096 keys: 0.5 GFLOP into 256 KiB), so that the allocator's state, which moved an
+# earlier probe of whole attention calls by 2x (the per-call score tensors faulted in afresh, or not), does not weigh;
+# and the margin, the BLAS time over oneDNN's, from which head by head is chosen. On the Zen 5 machine of
+# docs/benchmarks.md the ratio was 2.0-2.2 and head by head took 0.91-0.96 of the fused kernel's time in the whole
+# PaCa-Small at 800x1280 (1.01-1.03 at 224^2, 1.02 at 1600x2560); on the Zen 4 one the whole model took 0.97-1.03 as
+# long either way, so a ratio near the threshold there costs little either way.
 PROBE_SHAPE = (256, 256, 4096)  # rows, output columns, row length
-_by_head_faster: dict[int, bool] = {}  # measured, per thread count
-_measuring = threading.Lock()  # one measurement at a time: two at once would time each other
+BY_HEAD_GEMM_RATIO = 1.6
+BY_HEAD_PROBE = row_bands.GemmProbe(PROBE_SHAPE, BY_HEAD_GEMM_RATIO)
 
 
 def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -57,8 +51,8 @@ def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torc
 
     This is torch's fused ``scaled_dot_product_attention``, except in fp32 CPU inference with at least
     :data:`BY_HEAD_PRODUCTS` multiply-adds per head in Q K^T on a machine where that is faster
-    (:func:`by_head_is_faster`): there each head is two matmuls on oneDNN (as
-    PaCa-ViT's linear layers, :func:`~.row_bands.linear`) around a softmax, for a chunk of queries at a time;
+    (:func:`by_head_is_faster`): there each head is two matmuls on oneDNN
+    (:func:`~.row_bands.onednn_linear`) around a softmax, for a chunk of queries at a time;
     the softmax is written over the scores, or into a buffer of its own for rows of fewer than
     :data:`IN_PLACE_SOFTMAX_KEYS` keys. The fused CPU kernel runs its products on BLAS GEMMs of small blocks. On
     the Zen 5 machine of ``docs/benchmarks.md``, where oneDNN's matmul runs at twice MKL's rate, PaCa-ViT's calls
@@ -84,8 +78,8 @@ def _fused(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> t
 def _attention_by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """:func:`multi_head_attention` head by head on oneDNN's matmul, a chunk of queries at a time."""
     heads, head_dim = keys.shape[1], keys.shape[-1]
-    # Each head's keys (M, d) and values^T (d, M) are the weights of linear layers, made contiguous: linear() runs
-    # a strided weight (a head's columns of the stacked k/v output) as F.linear, and oneDNN's matmul on one took
+    # Each head's keys (M, d) and values^T (d, M) are the weights of linear layers, made contiguous: onednn_linear()
+    # runs a strided weight (a head's columns of the stacked k/v output) as F.linear, and oneDNN's matmul on one took
     # 274 instead of 0.2 ms.
     keys = torch.mul(keys, head_dim**-0.5, out=keys.new_empty(keys.shape))
     values_t = values.transpose(-2, -1).contiguous()
@@ -98,10 +92,10 @@ def _attention_by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.
             columns = slice(head * head_dim, (head + 1) * head_dim)
             for start in range(0, queries.shape[1], chunk):
                 rows = slice(start, start + chunk)
-                scores = row_bands.linear(queries[sample, rows, columns], keys[sample, head])
+                scores = row_bands.onednn_linear(queries[sample, rows, columns], keys[sample, head])
                 probabilities = scores if weights is None else weights[: scores.shape[0]]
                 torch.softmax(scores, -1, out=probabilities)
-                out[sample, rows, columns] = row_bands.linear(probabilities, values_t[sample, head])
+                out[sample, rows, columns] = row_bands.onednn_linear(probabilities, values_t[sample, head])
     return out
 
 
@@ -124,59 +118,10 @@ def _by_head(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) ->
 
 def by_head_is_faster() -> bool:
     """Whether attention head by head on oneDNN's matmul is the faster way on this machine, at torch's current thread
-    count: :data:`BY_HEAD_FASTER` if set, else measured once per process and thread count. Head by head runs its
-    products on oneDNN's matmul, torch's fused kernel on the BLAS GEMM (as ``torch.mm``); the probe times both GEMMs on
-    one compute-bound fp32 product (:data:`PROBE_SHAPE`) in :data:`PROBE_ROUNDS` interleaved rounds (50-150 ms on 2
-    threads) and picks head by head if the median per-round ratio of the BLAS time to oneDNN's is at least
-    :data:`BY_HEAD_GEMM_RATIO`, else the fused kernel. Either way gives the same values within fp32 rounding; only
-    the time differs. Without oneDNN's op, or under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx),
-    it answers False without measuring: what is counted or traced is always the fused kernel."""
-    if BY_HEAD_FASTER is not None:
-        return BY_HEAD_FASTER
-    if row_bands.ONEDNN_LINEAR is None or is_in_torch_dispatch_mode():
-        return False
-    threads = torch.get_num_threads()
-    if threads not in _by_head_faster:
-        with _measuring:
-            if threads not in _by_head_faster:  # or another thread measured it while this one waited
-                _by_head_faster[threads] = _measure_by_head_faster()
-    return _by_head_faster[threads]
-
-
-def _measure_by_head_faster() -> bool:
-    """Whether oneDNN's matmul beat the BLAS GEMM by :data:`BY_HEAD_GEMM_RATIO` on the probe of
-    :func:`by_head_is_faster`."""
-    generator = torch.Generator().manual_seed(0)
-    rows, columns, length = PROBE_SHAPE
-    a = torch.randn(rows, length, generator=generator, device='cpu', dtype=torch.float32)
-    weight = torch.randn(columns, length, generator=generator, device='cpu', dtype=torch.float32)
-    out = a.new_empty(rows, columns)
-    ways = (_blas_product, _onednn_product)
-    ratios = []
-    # named in a profile of the first pass (profile_model.py --warmup 0)
-    with torch.no_grad(), torch.profiler.record_function('mmcluster.by_head_is_faster'):
-        for round_ in range(PROBE_ROUNDS + 1):  # the first round warms both up
-            took = {}
-            for way in ways if round_ % 2 else reversed(ways):  # each way first in every other round
-                start = time.perf_counter()
-                way(a, weight, out)
-                took[way] = time.perf_counter() - start
-            if round_:
-                ratios.append(took[_blas_product] / took[_onednn_product])
-    return by_head_wins(ratios)
-
-
-def _blas_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``a @ weight^T`` into ``out`` on the BLAS GEMM, the one under torch's fused attention kernel on CPUs."""
-    return torch.mm(a, weight.t(), out=out)
-
-
-def _onednn_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``a @ weight^T`` through :func:`~.row_bands.linear`, on oneDNN's matmul in fp32 CPU inference: the call that
-    attention head by head makes, into a tensor allocated per call, as there (``out`` is not used)."""
-    return row_bands.linear(a, weight)
-
-
-def by_head_wins(ratios: list[float]) -> bool:
-    """The decision of :func:`by_head_is_faster` from the probe's per-round time ratios (BLAS / oneDNN)."""
-    return statistics.median(ratios) >= BY_HEAD_GEMM_RATIO
+    count: :data:`BY_HEAD_FASTER` if set, else :data:`BY_HEAD_PROBE`'s answer, measured once per process and thread
+    count (50-150 ms on 2 threads). Head by head runs its products on oneDNN's matmul, torch's fused kernel on the
+    BLAS GEMM (as ``torch.mm``); head by head is chosen if oneDNN's is faster by :data:`BY_HEAD_GEMM_RATIO`, else the
+    fused kernel. Either way gives the same values within fp32 rounding; only the time differs. Without oneDNN's op,
+    or under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx), it answers False without measuring:
+    what is counted or traced is always the fused kernel."""
+    return BY_HEAD_PROBE.onednn_faster() if BY_HEAD_FASTER is None else BY_HEAD_FASTER

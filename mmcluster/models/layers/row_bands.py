@@ -23,11 +23,15 @@ row-wise part), and the same whether or not gradients are needed.
 
 from __future__ import annotations
 
+import statistics
+import threading
+import time
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 # Hidden activation elements per band: 2**22 fp32 values (16 MiB); PaCa-Small's stages 0 and 1 run in bands of 34
 # rows at 800x1280 (stages 2 and 3 whole), and of 17 at 1600x2560. 2**21 was chosen when each band's context was
@@ -186,6 +190,98 @@ def _onednn_op(name: str):
 FUSED_CONV = _onednn_op('_convolution_pointwise')  # convolution + fused activation
 ONEDNN_LINEAR = _onednn_op('_linear_pointwise')  # matmul of linear layers
 
+# Whether linear() runs on oneDNN's matmul or, as F.linear does, on the BLAS GEMM (MKL's SGEMM in torch's x86 wheels):
+# None decides it on first use, once per process and torch thread count (onednn_linear_is_faster); True or False
+# decides it. Which is faster depends on the CPU: on the AMD Zen 5 machines of docs/benchmarks.md (CPU family 26)
+# oneDNN's ran at about twice MKL's rate; on the Zen 4 ones 3-20% faster at PaCa-ViT's shapes (one of twelve 8%
+# slower); on the Zen 3 ones MKL's was 1.03-1.22x faster at the linear layers' shapes and PaCa-Small took 0.94 of its
+# time with F.linear (at 224^2, 800x1280 and 1600x2560).
+ONEDNN_LINEAR_FASTER: Optional[bool] = None
+# The linear layers' probe: a product shaped like an FFN's second layer at PaCa-Small's stage 2 (512 tokens of 1280
+# hidden channels into 320: 0.4 GFLOP into 640 KiB, so that the output's allocation does not weigh), and the median
+# per-round time ratio (BLAS / oneDNN) from which oneDNN's matmul is chosen: whichever is faster.
+LINEAR_PROBE_SHAPE = (512, 320, 1280)  # rows, output columns, row length
+LINEAR_GEMM_RATIO = 1.0
+# Rounds of every GemmProbe, after one that warms both GEMMs up.
+PROBE_ROUNDS = 10
+_measuring = threading.Lock()  # one measurement at a time, of any probe: two at once would time each other
+
+
+class GemmProbe:
+    """Whether oneDNN's matmul is faster than the BLAS GEMM (``torch.mm``) on this machine by a margin, for fp32
+    products of one shape: measured once per process and torch thread count, in :data:`PROBE_ROUNDS` interleaved
+    rounds (each GEMM first in every other round) after one that warms both up, as the median per-round ratio of
+    the BLAS time to oneDNN's, at least ``ratio``. It answers False without measuring where there is no oneDNN
+    matmul op, and under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx): what is counted or traced
+    takes torch's own ops.
+
+    Args:
+        shape: (rows, output columns, row length) of the product ``a @ weight^T``.
+        ratio: the margin, the BLAS time over oneDNN's, from which oneDNN's matmul wins.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], ratio: float) -> None:
+        self.shape, self.ratio = shape, ratio
+        self.answers: dict[int, bool] = {}  # measured, per thread count
+
+    def onednn_faster(self) -> bool:
+        if ONEDNN_LINEAR is None or is_in_torch_dispatch_mode():
+            return False
+        threads = torch.get_num_threads()
+        if threads not in self.answers:
+            with _measuring:
+                if threads not in self.answers:  # or another thread measured it while this one waited
+                    self.answers[threads] = self.wins(self.measure())
+        return self.answers[threads]
+
+    def wins(self, ratios: list[float]) -> bool:
+        """The decision from the per-round time ratios (BLAS / oneDNN): their median, so that a few rounds in a
+        slow spell of one GEMM do not decide it."""
+        return statistics.median(ratios) >= self.ratio
+
+    def measure(self) -> list[float]:
+        """The per-round time ratios (BLAS / oneDNN)."""
+        generator = torch.Generator().manual_seed(0)
+        rows, columns, length = self.shape
+        a = torch.randn(rows, length, generator=generator, device='cpu', dtype=torch.float32)
+        weight = torch.randn(columns, length, generator=generator, device='cpu', dtype=torch.float32)
+        out = a.new_empty(rows, columns)
+        ratios = []
+        # named in a profile of the first pass (profile_model.py --warmup 0)
+        with torch.no_grad(), torch.profiler.record_function(f'mmcluster.GemmProbe{self.shape}'):
+            for round_ in range(PROBE_ROUNDS + 1):  # the first round warms both up
+                took = {}
+                for blas in (True, False) if round_ % 2 else (False, True):
+                    start = time.perf_counter()
+                    blas_product(a, weight, out) if blas else onednn_product(a, weight, out)
+                    took[blas] = time.perf_counter() - start
+                if round_:
+                    ratios.append(took[True] / took[False])
+        return ratios
+
+
+def blas_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ weight^T`` into ``out`` on the BLAS GEMM: the one under F.linear and torch's fused attention kernel on
+    CPUs."""
+    return torch.mm(a, weight.t(), out=out)
+
+
+def onednn_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ weight^T`` through :func:`onednn_linear`, on oneDNN's matmul in fp32 CPU inference, into a tensor
+    allocated per call as the layers' calls are (``out`` is not used)."""
+    return onednn_linear(a, weight)
+
+
+LINEAR_PROBE = GemmProbe(LINEAR_PROBE_SHAPE, LINEAR_GEMM_RATIO)
+
+
+def onednn_linear_is_faster() -> bool:
+    """Whether :func:`linear` runs on oneDNN's matmul on this machine at torch's current thread count:
+    :data:`ONEDNN_LINEAR_FASTER` if set, else :data:`LINEAR_PROBE`'s answer, measured once (65-100 ms on 2 threads
+    of the Zen 3 machine of ``docs/benchmarks.md``). Either way gives the same values within fp32 rounding; only the
+    time differs."""
+    return LINEAR_PROBE.onednn_faster() if ONEDNN_LINEAR_FASTER is None else ONEDNN_LINEAR_FASTER
+
 
 def cpu_fp32_inference(x: torch.Tensor, *params: Optional[torch.Tensor]) -> bool:
     """Whether an op on x with ``params`` (weight, bias) may run on oneDNN's private CPU ops: fp32 on the CPU,
@@ -243,21 +339,39 @@ def _onednn_linear_runs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, act: Optional[nn.Module] = None
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, then ``act`` if given. In fp32 CPU inference it runs on oneDNN's matmul
-    (``torch.ops.mkldnn._linear_pointwise``) instead of the BLAS ``addmm`` of ``F.linear``: on the project's
-    2-core EPYC machines mostly 3-20% faster at PaCa-ViT's shapes, one of twelve 8% slower, on AMD Zen 4
-    CPUs; about 2x faster on Zen 5 ones (CPU family 26), where MKL's GEMM runs at less than half oneDNN's rate
-    (``docs/benchmarks.md``). The same products, summed in another order
-    (``tests/models/test_paca_speed_paths.py``). An exact GELU as ``act`` then runs inside the matmul (its
-    ``gelu_erf`` post-op, as in :func:`conv_rows`), while the output is in registers: the same values as
-    ``F.gelu`` of the product, one pass over the output instead of two."""
-    if _onednn_linear_runs(x, weight, bias):
-        fused = _exact_gelu(act)
-        attr, algorithm = ('gelu', 'none') if fused else ('none', '')
-        out = ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
-        return out if fused or act is None else act(out)
+    """``F.linear(x, weight, bias)``, then ``act`` if given. In fp32 CPU inference on a machine where oneDNN's matmul
+    is the faster GEMM (:func:`onednn_linear_is_faster`) it is :func:`onednn_linear`: about 2x faster than the BLAS
+    ``addmm`` of ``F.linear`` on AMD Zen 5 CPUs (CPU family 26), where MKL's GEMM runs at less than half oneDNN's
+    rate, and mostly 3-20% faster at PaCa-ViT's shapes on Zen 4 ones; on Zen 3 ones MKL's is the faster
+    (``docs/benchmarks.md``)."""
+    if _onednn_linear_runs(x, weight, bias) and onednn_linear_is_faster():
+        return _onednn_linear(x, weight, bias, act)
     out = F.linear(x, weight, bias)
     return out if act is None else act(out)
+
+
+def onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, act: Optional[nn.Module] = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, then ``act`` if given, on oneDNN's matmul
+    (``torch.ops.mkldnn._linear_pointwise``) in fp32 CPU inference whichever GEMM is faster: for callers that chose
+    it by a probe of their own (attention head by head). The same products, summed in another order
+    (``tests/models/test_paca_speed_paths.py``). An exact GELU as ``act`` then runs inside the matmul (its
+    ``gelu_erf`` post-op, as in :func:`conv_rows`), while the output is in registers: the same values as
+    ``F.gelu`` of the product, one pass over the output instead of two. Elsewhere it is ``F.linear``."""
+    if _onednn_linear_runs(x, weight, bias):
+        return _onednn_linear(x, weight, bias, act)
+    out = F.linear(x, weight, bias)
+    return out if act is None else act(out)
+
+
+def _onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], act: Optional[nn.Module]
+) -> torch.Tensor:
+    fused = _exact_gelu(act)
+    attr, algorithm = ('gelu', 'none') if fused else ('none', '')
+    out = ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
+    return out if fused or act is None else act(out)
 
 
 def linear_tokens_last(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -297,8 +411,8 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class OneDNNLinear(nn.Linear):
-    """``nn.Linear`` (same parameters and state dict) whose fp32 CPU inference runs on oneDNN's matmul:
-    :func:`linear`."""
+    """``nn.Linear`` (same parameters and state dict) whose fp32 CPU inference runs on oneDNN's matmul where that is
+    the faster GEMM: :func:`linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
