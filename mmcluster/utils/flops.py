@@ -46,8 +46,9 @@ def _fused_conv_flop(x_shape, w_shape, bias, padding, stride, dilation, groups, 
 
 
 def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN's matmul for linear layers (:func:`~mmcluster.models.layers.row_bands.linear` in CPU inference):
-    ``addmm``'s count, 2 x tokens x in x out."""
+    """oneDNN's matmul for linear layers (:func:`~mmcluster.models.layers.row_bands.onednn_linear`,
+    ``linear_tokens_last`` and ``batched_matmul`` in CPU inference; :func:`~mmcluster.models.layers.row_bands.linear`
+    where it is set to oneDNN): ``addmm``'s count, 2 x tokens x in x out."""
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 

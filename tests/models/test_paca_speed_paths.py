@@ -441,6 +441,7 @@ def test_linear_runs_on_onednn_in_fp32_cpu_inference(monkeypatch, onednn_faster)
         assert row_bands.onednn_linear(x.bfloat16(), layer.weight.bfloat16()).dtype == torch.bfloat16
         assert layer(x[:, :0]).shape == (2, 0, 40)
     assert calls == []
+    assert OneDNNLinear(24, 40).state_dict().keys() == torch.nn.Linear(24, 40).state_dict().keys()
 
 
 @pytest.mark.skipif(row_bands.ONEDNN_LINEAR is None, reason='this torch build has no oneDNN matmul op')
@@ -636,7 +637,8 @@ def test_head_by_head_only_where_it_is_measured_faster(monkeypatch, slower):
 @pytest.mark.parametrize('probe', ['by_head', 'linear'])
 def test_the_probe_times_one_product_on_both_gemms(monkeypatch, probe):
     """A probe's two ways compute the same product, a @ w^T, of the probe's shape: the BLAS one into the buffer it is
-    given, oneDNN's into a tensor of its own (as the layers run it), also where linear() would take the BLAS GEMM."""
+    given, oneDNN's into a tensor of its own (as the layers run it), also where linear() would take the BLAS GEMM
+    and under autocast."""
     monkeypatch.setattr(row_bands, 'ONEDNN_LINEAR_FASTER', False)
     calls = _onednn_calls(monkeypatch)
     rows, columns, length = (attention.BY_HEAD_PROBE if probe == 'by_head' else row_bands.LINEAR_PROBE).shape
@@ -649,6 +651,9 @@ def test_the_probe_times_one_product_on_both_gemms(monkeypatch, probe):
         onednn = row_bands.onednn_product(a, weight, torch.full_like(out, float('nan')))
     assert onednn.data_ptr() != out.data_ptr() and len(calls) == 1
     torch.testing.assert_close(onednn, expected, rtol=1e-4, atol=1e-3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # a probe asked under autocast, gradients on: still oneDNN's
+        ratios = row_bands.GemmProbe((8, 4, 16), 1.0).measure()
+    assert len(ratios) == row_bands.PROBE_ROUNDS and len(calls) == 2 + row_bands.PROBE_ROUNDS
 
 
 def test_a_probe_decides_by_the_median_ratio_and_its_margin():
@@ -692,7 +697,7 @@ def test_threads_asking_at_once_share_one_measurement(monkeypatch):
 
     def slow_blas(*args):
         calls.append(threading.get_ident())
-        time.sleep(0.02)
+        time.sleep(0.1)
         return blas(*args)
 
     monkeypatch.setattr(row_bands, 'blas_product', slow_blas)
@@ -707,7 +712,7 @@ def test_threads_asking_at_once_share_one_measurement(monkeypatch):
         thread.start()
     for thread in threads:
         thread.join()
-    assert answers == [True, True]  # the BLAS GEMM, 20 ms slower per call, lost
+    assert answers == [True, True]  # the BLAS GEMM, 100 ms slower per call, lost
     assert len(calls) == 1 + row_bands.PROBE_ROUNDS and len(set(calls)) == 1  # one measurement, in one thread
 
 

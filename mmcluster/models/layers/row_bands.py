@@ -194,8 +194,8 @@ ONEDNN_LINEAR = _onednn_op('_linear_pointwise')  # matmul of linear layers
 # None decides it on first use, once per process and torch thread count (onednn_linear_is_faster); True or False
 # decides it. Which is faster depends on the CPU: on the AMD Zen 5 machines of docs/benchmarks.md (CPU family 26)
 # oneDNN's ran at about twice MKL's rate; on the Zen 4 ones 3-20% faster at PaCa-ViT's shapes (one of twelve 8%
-# slower); on the Zen 3 ones MKL's was 1.03-1.22x faster at the linear layers' shapes and PaCa-Small took 0.94 of its
-# time with F.linear (at 224^2, 800x1280 and 1600x2560).
+# slower); on the Zen 3 ones MKL's was 1.03-1.22x faster at the linear layers' shapes, and with F.linear PaCa-Small
+# took 0.94-0.95 of its time at 800x1280 and 1600x2560, PaCa-Tiny 0.95-0.98 at 224^2.
 ONEDNN_LINEAR_FASTER: Optional[bool] = None
 # The linear layers' probe: a product shaped like an FFN's second layer at PaCa-Small's stage 2 (512 tokens of 1280
 # hidden channels into 320: 0.4 GFLOP into 640 KiB, so that the output's allocation does not weigh), and the median
@@ -212,8 +212,8 @@ class GemmProbe:
     products of one shape: measured once per process and torch thread count, in :data:`PROBE_ROUNDS` interleaved
     rounds (each GEMM first in every other round) after one that warms both up, as the median per-round ratio of
     the BLAS time to oneDNN's, at least ``ratio``. It answers False without measuring where there is no oneDNN
-    matmul op, and under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx): what is counted or traced
-    takes torch's own ops.
+    matmul op, and under a torch dispatch mode (a FLOP counter, FakeTensorMode, make_fx) or ``torch.jit`` tracing:
+    what is counted or traced takes torch's own ops.
 
     Args:
         shape: (rows, output columns, row length) of the product ``a @ weight^T``.
@@ -225,7 +225,7 @@ class GemmProbe:
         self.answers: dict[int, bool] = {}  # measured, per thread count
 
     def onednn_faster(self) -> bool:
-        if ONEDNN_LINEAR is None or is_in_torch_dispatch_mode():
+        if ONEDNN_LINEAR is None or is_in_torch_dispatch_mode() or torch.jit.is_tracing():
             return False
         threads = torch.get_num_threads()
         if threads not in self.answers:
@@ -247,8 +247,8 @@ class GemmProbe:
         weight = torch.randn(columns, length, generator=generator, device='cpu', dtype=torch.float32)
         out = a.new_empty(rows, columns)
         ratios = []
-        # named in a profile of the first pass (profile_model.py --warmup 0)
-        with torch.no_grad(), torch.profiler.record_function(f'mmcluster.GemmProbe{self.shape}'):
+        label = f'mmcluster.GemmProbe{self.shape}'  # named in a profile of the first pass (profile_model.py --warmup 0)
+        with torch.no_grad(), torch.autocast('cpu', enabled=False), torch.profiler.record_function(label):
             for round_ in range(PROBE_ROUNDS + 1):  # the first round warms both up
                 took = {}
                 for blas in (True, False) if round_ % 2 else (False, True):
@@ -267,9 +267,10 @@ def blas_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> to
 
 
 def onednn_product(a: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``a @ weight^T`` through :func:`onednn_linear`, on oneDNN's matmul in fp32 CPU inference, into a tensor
-    allocated per call as the layers' calls are (``out`` is not used)."""
-    return onednn_linear(a, weight)
+    """``a @ weight^T`` on oneDNN's matmul, the op of :func:`onednn_linear` (called directly: the probe times it
+    whatever the grad and autocast state of its caller), into a tensor allocated per call as the layers' calls are
+    (``out`` is not used)."""
+    return ONEDNN_LINEAR(a, weight, None, 'none', [], '')
 
 
 LINEAR_PROBE = GemmProbe(LINEAR_PROBE_SHAPE, LINEAR_GEMM_RATIO)
@@ -325,7 +326,8 @@ def _exact_gelu(act: Optional[nn.Module]) -> bool:
 
 
 def _onednn_linear_runs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether :func:`linear` runs on oneDNN's matmul for these arguments."""
+    """Whether oneDNN's matmul may take these arguments (:func:`onednn_linear`; :func:`linear` also asks whether it is
+    the faster GEMM)."""
     return (
         ONEDNN_LINEAR is not None
         and x.dim() >= 2
