@@ -367,10 +367,11 @@ def gemm_rates(device: str = 'cpu', size: int = 2048, repeats: int = 5) -> dict[
     """This machine's fp32 matrix-product rates in GFLOP/s, one per GEMM path torch has on ``device``: on GPUs
     ``torch.mm`` (under torch's TF32 setting, off by default); on CPUs ``torch.mm`` (the BLAS, MKL in torch's
     x86 wheels) and, in builds with oneDNN, oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, which
-    mmcluster's linear layers use in CPU inference). Each: two random fp32 ``size`` x ``size`` matrices, one
-    untimed product, then the median time of ``repeats`` timed ones, counted as ``2 * size**3`` FLOPs, at
-    torch's current thread count. The two CPU paths can differ a lot: on an AMD Zen 5 CPU (family 26) MKL's GEMM
-    ran at less than half of oneDNN's rate (``docs/benchmarks.md``), so the machine's rate is the faster one."""
+    mmcluster's linear layers use in CPU inference where a probe measures it the faster one). Each: two random
+    fp32 ``size`` x ``size`` matrices, one untimed product, then the median time of ``repeats`` timed ones,
+    counted as ``2 * size**3`` FLOPs, at torch's current thread count. The two CPU paths can differ a lot: on an
+    AMD Zen 5 CPU (family 26) MKL's GEMM ran at less than half of oneDNN's rate (``docs/benchmarks.md``), so the
+    machine's rate is the faster one."""
     from ..models.layers.row_bands import ONEDNN_LINEAR
 
     if size < 1 or repeats < 1:

@@ -34,9 +34,9 @@ BY_HEAD_FASTER: Optional[bool] = None
 # docs/benchmarks.md the ratio was 2.0-2.2 and head by head took 0.91-0.96 of the fused kernel's time in the whole
 # PaCa-Small at 800x1280 (1.01-1.03 at 224^2, 1.02 at 1600x2560); on the Zen 4 one the whole model took 0.97-1.03 as
 # long either way, so a ratio near the threshold there costs little either way.
-PROBE_SHAPE = (256, 256, 4096)  # rows, output columns, row length
+BY_HEAD_PROBE_SHAPE = (256, 256, 4096)  # rows, output columns, row length
 BY_HEAD_GEMM_RATIO = 1.6
-BY_HEAD_PROBE = row_bands.GemmProbe(PROBE_SHAPE, BY_HEAD_GEMM_RATIO)
+BY_HEAD_PROBE = row_bands.GemmProbe(BY_HEAD_PROBE_SHAPE, BY_HEAD_GEMM_RATIO)
 
 
 def multi_head_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -348,8 +348,7 @@ def linear(
     (``docs/benchmarks.md``)."""
     if _onednn_linear_runs(x, weight, bias) and onednn_linear_is_faster():
         return _onednn_linear(x, weight, bias, act)
-    out = F.linear(x, weight, bias)
-    return out if act is None else act(out)
+    return _blas_linear(x, weight, bias, act)
 
 
 def onednn_linear(
@@ -363,8 +362,7 @@ def onednn_linear(
     ``F.gelu`` of the product, one pass over the output instead of two. Elsewhere it is ``F.linear``."""
     if _onednn_linear_runs(x, weight, bias):
         return _onednn_linear(x, weight, bias, act)
-    out = F.linear(x, weight, bias)
-    return out if act is None else act(out)
+    return _blas_linear(x, weight, bias, act)
 
 
 def _onednn_linear(
@@ -374,6 +372,13 @@ def _onednn_linear(
     attr, algorithm = ('gelu', 'none') if fused else ('none', '')
     out = ONEDNN_LINEAR(x, weight, bias, attr, [], algorithm)
     return out if fused or act is None else act(out)
+
+
+def _blas_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], act: Optional[nn.Module]
+) -> torch.Tensor:
+    out = F.linear(x, weight, bias)
+    return out if act is None else act(out)
 
 
 def linear_tokens_last(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
