@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import mmcluster.models.backbones.paca_vit as paca_vit
 import mmcluster.models.layers.attention as attention
 import mmcluster.models.layers.row_bands as row_bands
-from mmcluster.models.backbones.paca_vit import PaCaViT, fused_linear
+from mmcluster.models.backbones.paca_vit import PaCaBlock, PaCaViT, fused_linear
 from mmcluster.models.layers import (
+    ConvDownsample,
     DWConvFFN,
     OneDNNLinear,
     SoftAssignment,
@@ -106,6 +108,119 @@ def test_row_wise_part_runs_once_per_row(small_bands, elements, halo, grad):
     seams = [(context_rows, output_rows) for own, context_rows, output_rows in local_calls if not own]
     assert len(seams) == (len(rowwise_rows) - 1 if halo else 0)
     assert all(context_rows <= 4 * halo and output_rows <= 2 * halo for context_rows, output_rows in seams)
+
+
+@pytest.mark.parametrize('elements,rowwise', [(3 * 13 * 8, True), (1, True), (2**30, True), (1, False)])
+def test_map_row_bands_may_write_its_output_over_its_input(small_bands, elements, rowwise):
+    """overwrite_input: the bands' outputs written over x, whose rows each band's row-wise part has read first,
+    the same values as in a new tensor. Whole maps, and bands without a row-wise part (which read their
+    neighbours' rows of x), get a new tensor and leave x as it was."""
+    torch.manual_seed(0)
+    small_bands(elements)
+    height, width, channels = 17, 13, 8
+    weight, scale = torch.randn(channels, 1, 3, 3), torch.randn(channels)
+    conv = _conv_layer(weight, 1, [])
+
+    def row_wise(tokens, hw):
+        return tokens * 2, (tokens * scale).tanh()
+
+    def local(kept, context, hw, rows):
+        return kept + conv(kept, context, hw, rows)
+
+    x = torch.randn(2, height * width, channels)
+    original = x.clone()
+    expected = map_row_bands(local, x.clone(), (height, width), 4, halo=1, rowwise=row_wise if rowwise else None)
+    out = map_row_bands(
+        local, x, (height, width), 4, halo=1, rowwise=row_wise if rowwise else None, overwrite_input=True
+    )
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    overwritten = rowwise and elements < 2**30
+    assert (out.data_ptr() == x.data_ptr()) == overwritten
+    if not overwritten:
+        torch.testing.assert_close(x, original, rtol=0, atol=0)
+
+
+def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hooks(small_bands, monkeypatch):
+    """In inference each block of a stage after the first may write its banded output over its input, the
+    output of the block before (a temporary of the stage): the same outputs as without. Not the first block
+    (its input is the stem's or the downsampling's), not with gradients, and not where a forward hook on either
+    block or a module in it may keep the tensor."""
+    torch.manual_seed(0)
+    small_bands(2 * 60 * 384)
+    model = PaCaViT(arch='tiny', drop_path_rate=0.0).eval()
+    images = torch.randn(1, 3, 97, 233)
+    calls = []
+    block_forward = PaCaBlock.forward
+
+    def spy(block, x, hw, assignment=None, overwrite_input=False):
+        banded = row_bands.band_height(x, hw, block.mlp.fc1.out_features, halo=1) is not None
+        out, assignment = block_forward(block, x, hw, assignment, overwrite_input)
+        calls.append((block, overwrite_input, banded, out.data_ptr() == x.data_ptr()))
+        return out, assignment
+
+    monkeypatch.setattr(PaCaBlock, 'forward', spy)
+    firsts = {stage.blocks[0] for stage in model.stages}
+
+    def run(grad=False):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            return model(images)
+
+    outs = run()
+    assert [overwrite for block, overwrite, *_ in calls] == [block not in firsts for block, *_ in calls]
+    assert all(same == (overwrite and banded) for _, overwrite, banded, same in calls)
+    assert any(same for *_, same in calls)  # the test sees blocks that write over their input
+    with monkeypatch.context() as patch:
+        patch.setattr(paca_vit, '_hooked', lambda *modules: True)
+        expected = run()
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    run(grad=True)
+    assert not any(overwrite for _, overwrite, *_ in calls)
+    # a hook on stage 1's first block keeps its output, one on a module in stage 2's first block may keep a tensor:
+    # the second block of each writes a new output, and the kept output stays as it was
+    kept = []
+    model.stages[1].blocks[0].register_forward_hook(lambda m, args, out: kept.append((out[0], out[0].clone())))
+    model.stages[2].blocks[0].norm2.register_forward_hook(lambda *args: None)
+    hooked_outs = run()
+    hooked = {model.stages[i].blocks[j] for i in (1, 2) for j in (0, 1)}
+    assert [overwrite for block, overwrite, *_ in calls] == [
+        block not in firsts and block not in hooked for block, *_ in calls
+    ]
+    torch.testing.assert_close(kept[0][0], kept[0][1], rtol=0, atol=0)
+    for out, ref in zip(hooked_outs, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('hooked', [False, True], ids=['bands', 'hooked'])
+@pytest.mark.parametrize('size', [(1, 23, 17), (2, 16, 9), (1, 2, 5)])
+@pytest.mark.parametrize('num_convs,in_channels', [(2, 3), (1, 8)], ids=['stem', 'downsample'])
+def test_conv_downsample_in_bands_equals_the_whole_map(small_bands, monkeypatch, num_convs, in_channels, size, hooked):
+    """ConvDownsample band by band of output rows, each band's convs on the input rows it needs (the zero padding
+    at the map's top and bottom only), with bands of one row: the whole map's output, channels-last, and its
+    gradients. With a forward hook on a conv it runs whole (the hook sees one call)."""
+    torch.manual_seed(0)
+    module = ConvDownsample(in_channels, 16, num_convs)
+    x = torch.randn(size[0], in_channels, *size[1:], requires_grad=True)
+    small_bands(2**30, 3)
+    expected = module(x)
+    hook_calls = []
+    if hooked:
+        module.proj[0].register_forward_hook(lambda *args: hook_calls.append(1))
+    calls = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, 'conv2d', lambda *args, **kwargs: calls.append(1) or conv2d(*args, **kwargs))
+    small_bands(1)
+    out = module(x)
+    bands = 1 if hooked else out.shape[2]
+    assert len(calls) == num_convs * bands and len(hook_calls) == int(hooked)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    cotangent = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, *module.parameters()), cotangent)
+    expected_grads = torch.autograd.grad(expected, (x, *module.parameters()), cotangent)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('elements', [1, 3 * 13 * 8, 2**30])

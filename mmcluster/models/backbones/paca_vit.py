@@ -250,8 +250,14 @@ class PaCaBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, hw: tuple[int, int], assignment: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int],
+        assignment: Optional[torch.Tensor] = None,
+        overwrite_input: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: tokens (B, H*W, C). With ``overwrite_input`` (for a caller to whom x is a temporary) the output may be
+        written over x on CPUs (:func:`~mmcluster.models.layers.map_row_bands`)."""
         # Only the keys and values need the whole map. The rest of the block is local: row-wise up to the
         # FFN's first linear layer, whose output the FFN's 3x3 conv sees one row up and down. So on CPUs it
         # runs band by band, the row-wise part once per row, each band's intermediates in the cache and only
@@ -277,12 +283,18 @@ class PaCaBlock(nn.Module):
         def local(tokens: torch.Tensor, hidden: torch.Tensor, band: tuple[int, int], rows: slice) -> torch.Tensor:
             return _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)
 
-        return map_row_bands(local, x, hw, hidden_dim, halo=1, rowwise=rowwise), assignment
+        out = map_row_bands(local, x, hw, hidden_dim, halo=1, rowwise=rowwise, overwrite_input=overwrite_input)
+        return out, assignment
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
     """x + branch, or x + scale * branch with a per-sample DropPath scale (B, 1, 1): 0 or 1 / keep rate."""
     return x + branch if scale is None else torch.addcmul(x, scale, branch)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward hook on any of these modules or their submodules may see (and keep) its tensors."""
+    return any(has_forward_hooks(m) for module in modules for m in module.modules())
 
 
 class PaCaStage(nn.Module):
@@ -335,11 +347,15 @@ class PaCaStage(nn.Module):
         x = self.downsample(x)  # a channels-last map (ConvDownsample), so the tokens are a view of it
         height, width = x.shape[-2:]
         x = rearrange(x, 'b c h w -> b (h w) c')
-        for block in self.blocks:
+        for j, block in enumerate(self.blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x, assignment = checkpoint(block, x, (height, width), assignment, use_reentrant=False)
             else:
-                x, assignment = block(x, (height, width), assignment)
+                # In inference a block's input from the block before is a temporary of this loop: its output may be
+                # written over it (at 1600x2560 a stage-0 map is 94 MiB, which glibc's malloc would otherwise give
+                # fresh pages on each pass), unless a forward hook on either block may keep it.
+                overwrite = j > 0 and not torch.is_grad_enabled() and not _hooked(self.blocks[j - 1], block)
+                x, assignment = block(x, (height, width), assignment, overwrite_input=overwrite)
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')
         # A channels-last view; the mm backbone returns its maps as contiguous NCHW (BackboneContract.forward)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d
+
+from .clustering import has_forward_hooks
+from .row_bands import band_height
 
 
 class ConvDownsample(nn.Module):
@@ -13,6 +17,14 @@ class ConvDownsample(nn.Module):
     With ``num_convs=2`` (3 -> out/2 -> out) this is PaCa-ViT's stride-4 stem; with one conv it is the
     stride-2 transition between stages. Any input size works: each conv maps H to ceil(H / 2). The output
     is a channels-last map.
+
+    On CPUs, at detection resolutions, it runs band by band of output rows (:func:`~.row_bands.band_height`):
+    each band's convs read only the input rows they need (a 3x3 stride-2 conv's output row r reads input rows
+    2r - 1 .. 2r + 1) and its normalised rows are copied into the output. The intermediates stay in the cache
+    and are never allocated at full size: the stem's first conv output is 188 MiB at 1600x2560, which glibc's
+    malloc by default gives fresh pages on every pass (``docs/benchmarks.md``). The same convolutions, with
+    the zero padding at the map's top and bottom only; the first conv's rows under two bands run twice. Not
+    where a forward hook on a conv or the norm expects one call on the whole map.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_convs: int = 1, eps: float = 1e-6) -> None:
@@ -30,4 +42,47 @@ class ConvDownsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last: oneDNN's CPU convolutions run about twice as fast on it as on NCHW, and the output is
         # then laid out as (B, H, W, C) tokens, which the LayerNorm and the following transformer blocks read.
-        return self.norm(self.proj(x.contiguous(memory_format=torch.channels_last)))
+        heights, width = [x.shape[2]], x.shape[3]
+        for conv in self.proj:
+            heights.append(self._output_size(conv, heights[-1], 0))
+            width = self._output_size(conv, width, 1)
+        # the widest intermediate per output token: the first conv's outputs under it (2 x 2 per stride-2 conv after it)
+        hidden = self.proj[0].out_channels * 4 ** (len(self.proj) - 1)
+        rows = band_height(x, (heights[-1], width), hidden)
+        # in bands the convs are called as functions: not where a forward hook on one, or on the norm, expects a call
+        if rows is None or any(has_forward_hooks(m) for m in (*self.proj, self.norm)):
+            return self.norm(self.proj(x.contiguous(memory_format=torch.channels_last)))
+        shape = (x.shape[0], self.norm.normalized_shape[0], heights[-1], width)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        for top in range(0, heights[-1], rows):
+            bottom = min(top + rows, heights[-1])
+            out[:, :, top:bottom] = self.norm(self._rows(x, heights, top, bottom))
+        return out
+
+    @staticmethod
+    def _output_size(conv: nn.Conv2d, size: int, dim: int) -> int:
+        k, s, p = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim]
+        return (size + 2 * p - k) // s + 1
+
+    def _rows(self, x: torch.Tensor, heights: list[int], top: int, bottom: int) -> torch.Tensor:
+        """Rows ``top .. bottom - 1`` of ``self.proj(x)``, from the input rows they need only."""
+        spans = [(top, bottom)]  # the output rows of each conv, last conv first
+        for conv, height_in in zip(reversed(self.proj), reversed(heights[:-1])):
+            first, last = self._input_rows(conv, *spans[-1])
+            spans.append((max(first, 0), min(last, height_in)))
+        first, last = spans.pop()
+        band = x[:, :, first:last].contiguous(memory_format=torch.channels_last)
+        for conv, height_in in zip(self.proj, heights[:-1]):
+            out_top, out_bottom = spans.pop()
+            needed_first, needed_last = self._input_rows(conv, out_top, out_bottom)
+            pad_top, pad_bottom = max(-needed_first, 0), max(needed_last - height_in, 0)
+            if pad_top or pad_bottom:  # the conv's zero padding, at the map's top or bottom
+                band = F.pad(band, (0, 0, pad_top, pad_bottom))
+            band = F.conv2d(band, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]))
+        return band
+
+    @staticmethod
+    def _input_rows(conv: nn.Conv2d, top: int, bottom: int) -> tuple[int, int]:
+        """The input rows (padding included: may be < 0 or past the map) of the conv's output rows top .. bottom - 1."""
+        k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        return top * s - p, (bottom - 1) * s - p + k

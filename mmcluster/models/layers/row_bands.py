@@ -84,6 +84,7 @@ def map_row_bands(
     halo: int = 0,
     rowwise: Optional[RowwiseFn] = None,
     tokens_last: bool = False,
+    overwrite_input: bool = False,
 ) -> torch.Tensor:
     """A token-local layer on tokens x (B, H*W, C) of an H x W grid, run band by band on CPUs.
 
@@ -106,6 +107,10 @@ def map_row_bands(
         rowwise: the row-wise part, see above.
         tokens_last: ``local`` returns its output tokens last, (B, C', n), and so does this function: a
             contiguous (B, C', H*W) tensor instead of (B, H*W, C').
+        overwrite_input: with ``rowwise``, the bands' outputs may be written over x, when x is contiguous and the
+            output has its shape and dtype (then x is returned), instead of into a new tensor: for callers to whom
+            x is a temporary. Each band's rows of x are read (by ``rowwise``) before any output row is written
+            there. Whole maps return a new tensor.
     """
     height, width = hw
     rows = band_height(x, hw, hidden_dim, halo)
@@ -115,7 +120,8 @@ def map_row_bands(
         return out.contiguous() if tokens_last else out
     grid = x.unflatten(1, (height, width))
     bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
-    outs = _BandOutputs(height * width, tokens_last)
+    reuse = x if overwrite_input and rowwise is not None and not tokens_last and x.is_contiguous() else None
+    outs = _BandOutputs(height * width, tokens_last, reuse)
     if rowwise is None:
         for top, bottom in bands:
             first, last = max(top - halo, 0), min(bottom + halo, height)
@@ -447,10 +453,11 @@ class _BandOutputs:
     """The bands' outputs, top to bottom, each copied into one full-size output as it comes: (B, n, C') bands
     into a (B, N, C') tensor, or with ``tokens_last`` (B, C', n) ones into a (B, C', N) tensor. A band's output
     is freed as soon as it is copied, so the next band reuses its memory (still in the cache) instead of the
-    bands piling up for a concatenation at the end."""
+    bands piling up for a concatenation at the end. The output is ``reuse`` where that has its shape and dtype,
+    else a new tensor."""
 
-    def __init__(self, num_tokens: int, tokens_last: bool) -> None:
-        self.num_tokens, self.tokens_last = num_tokens, tokens_last
+    def __init__(self, num_tokens: int, tokens_last: bool, reuse: Optional[torch.Tensor] = None) -> None:
+        self.num_tokens, self.tokens_last, self.reuse = num_tokens, tokens_last, reuse
         self.out: Optional[torch.Tensor] = None
         self.filled = 0
 
@@ -459,7 +466,8 @@ class _BandOutputs:
         if self.out is None:
             shape = list(band.shape)
             shape[axis] = self.num_tokens
-            self.out = band.new_empty(shape)
+            fits = self.reuse is not None and list(self.reuse.shape) == shape and self.reuse.dtype == band.dtype
+            self.out = self.reuse if fits else band.new_empty(shape)
         self.out.narrow(axis, self.filled, band.shape[axis]).copy_(band)
         self.filled += band.shape[axis]
 
