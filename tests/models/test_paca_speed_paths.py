@@ -141,10 +141,10 @@ def test_map_row_bands_may_write_its_output_over_its_input(small_bands, elements
 
 
 def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hooks(small_bands, monkeypatch):
-    """In inference each block of a stage after the first may write its banded output over its input, the
-    output of the block before (a temporary of the stage): the same outputs as without. Not the first block
-    (its input is the stem's or the downsampling's), not with gradients, and not where a forward hook on either
-    block or a module in it may keep the tensor."""
+    """In inference each block may write its banded output over its input, the output of the block before or of
+    the stage's downsampling (a temporary of the stage): the same outputs as without. Not stage 0's first block
+    (its input is the stem's), not with gradients, and not where a forward hook on either module or a module in
+    it may keep the tensor."""
     torch.manual_seed(0)
     small_bands(2 * 60 * 384)
     model = PaCaViT(arch='tiny', drop_path_rate=0.0).eval()
@@ -159,7 +159,7 @@ def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hook
         return out, assignment
 
     monkeypatch.setattr(PaCaBlock, 'forward', spy)
-    firsts = {stage.blocks[0] for stage in model.stages}
+    firsts = {model.stages[0].blocks[0]}
 
     def run(grad=False):
         calls.clear()
@@ -177,13 +177,14 @@ def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hook
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
     run(grad=True)
     assert not any(overwrite for _, overwrite, *_ in calls)
-    # a hook on stage 1's first block keeps its output, one on a module in stage 2's first block may keep a tensor:
-    # the second block of each writes a new output, and the kept output stays as it was
+    # a hook on stage 1's first block keeps its output, one on a module in stage 2's first block or on stage 3's
+    # downsampling may keep a tensor: the blocks after them write new outputs, and the kept output stays as it was
     kept = []
     model.stages[1].blocks[0].register_forward_hook(lambda m, args, out: kept.append((out[0], out[0].clone())))
     model.stages[2].blocks[0].norm2.register_forward_hook(lambda *args: None)
+    model.stages[3].downsample.register_forward_hook(lambda *args: None)
     hooked_outs = run()
-    hooked = {model.stages[i].blocks[j] for i in (1, 2) for j in (0, 1)}
+    hooked = {model.stages[i].blocks[j] for i in (1, 2) for j in (0, 1)} | {model.stages[3].blocks[0]}
     assert [overwrite for block, overwrite, *_ in calls] == [
         block not in firsts and block not in hooked for block, *_ in calls
     ]

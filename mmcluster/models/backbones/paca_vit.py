@@ -351,10 +351,13 @@ class PaCaStage(nn.Module):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x, assignment = checkpoint(block, x, (height, width), assignment, use_reentrant=False)
             else:
-                # In inference a block's input from the block before is a temporary of this loop: its output may be
-                # written over it (at 1600x2560 a stage-0 map is 94 MiB, which glibc's malloc would otherwise give
-                # fresh pages on each pass), unless a forward hook on either block may keep it.
-                overwrite = j > 0 and not torch.is_grad_enabled() and not _hooked(self.blocks[j - 1], block)
+                # In inference a block's input from the block before, or from the downsampling, is a temporary of
+                # this loop: the block's output may be written over it (at 1600x2560 a stage-0 map is 94 MiB, which
+                # glibc's malloc would otherwise give fresh pages on each pass), unless a forward hook on either
+                # may keep it. Stage 0's input is the stem's, which the clustering teacher reads too.
+                source = self.blocks[j - 1] if j > 0 else self.downsample
+                overwrite = not torch.is_grad_enabled() and isinstance(source, (PaCaBlock, ConvDownsample))
+                overwrite = overwrite and not _hooked(source, block)
                 x, assignment = block(x, (height, width), assignment, overwrite_input=overwrite)
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')

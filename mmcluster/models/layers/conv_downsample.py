@@ -46,8 +46,8 @@ class ConvDownsample(nn.Module):
         for conv in self.proj:
             heights.append(self._output_size(conv, heights[-1], 0))
             width = self._output_size(conv, width, 1)
-        # the widest intermediate per output token: the first conv's outputs under it (2 x 2 per stride-2 conv after it)
-        hidden = self.proj[0].out_channels * 4 ** (len(self.proj) - 1)
+        # the values per output token of the widest map: the input or a conv's output under it (2 x 2 per stride-2 conv)
+        hidden = max(conv.in_channels * 4 ** (len(self.proj) - i) for i, conv in enumerate(self.proj))
         rows = band_height(x, (heights[-1], width), hidden)
         # in bands the convs are called as functions: not where a forward hook on one, or on the norm, expects a call
         if rows is None or any(has_forward_hooks(m) for m in (*self.proj, self.norm)):
@@ -76,9 +76,13 @@ class ConvDownsample(nn.Module):
             out_top, out_bottom = spans.pop()
             needed_first, needed_last = self._input_rows(conv, out_top, out_bottom)
             pad_top, pad_bottom = max(-needed_first, 0), max(needed_last - height_in, 0)
-            if pad_top or pad_bottom:  # the conv's zero padding, at the map's top or bottom
-                band = F.pad(band, (0, 0, pad_top, pad_bottom))
-            band = F.conv2d(band, conv.weight, conv.bias, conv.stride, (0, conv.padding[1]))
+            if pad_top == conv.padding[0] and pad_bottom <= pad_top:
+                padding = conv.padding  # the conv's own: the zero rows it adds below are past the rows asked for
+            else:
+                padding = (0, conv.padding[1])
+                if pad_top or pad_bottom:  # the zero padding at the map's bottom
+                    band = F.pad(band, (0, 0, pad_top, pad_bottom))
+            band = F.conv2d(band, conv.weight, conv.bias, conv.stride, padding)[:, :, : out_bottom - out_top]
         return band
 
     @staticmethod
