@@ -224,6 +224,21 @@ def test_conv_downsample_in_bands_equals_the_whole_map(small_bands, monkeypatch,
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_conv_downsample_in_bands_under_autocast(small_bands, dtype):
+    """Under CPU autocast the bands give the whole map's output in the dtype the norm gives (not the input's)."""
+    torch.manual_seed(0)
+    module = ConvDownsample(3, 16, num_convs=2).eval()
+    x = torch.randn(2, 3, 37, 29)
+    outs = []
+    for elements, whole_map_bands in ((2**30, 3), (1, 1)):
+        small_bands(elements, whole_map_bands)
+        with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+            outs.append(module(x))
+    assert outs[1].dtype == outs[0].dtype == dtype
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('elements', [1, 3 * 13 * 8, 2**30])
 def test_tokens_last_output_with_gradients(small_bands, elements):
     """tokens_last: the (B, C', n) bands written into one contiguous (B, C', N) tensor, gradients flowing

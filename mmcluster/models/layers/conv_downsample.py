@@ -52,11 +52,14 @@ class ConvDownsample(nn.Module):
         # in bands the convs are called as functions: not where a forward hook on one, or on the norm, expects a call
         if rows is None or any(has_forward_hooks(m) for m in (*self.proj, self.norm)):
             return self.norm(self.proj(x.contiguous(memory_format=torch.channels_last)))
-        shape = (x.shape[0], self.norm.normalized_shape[0], heights[-1], width)
-        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        out = None
         for top in range(0, heights[-1], rows):
             bottom = min(top + rows, heights[-1])
-            out[:, :, top:bottom] = self.norm(self._rows(x, heights, top, bottom))
+            band = self.norm(self._rows(x, heights, top, bottom))
+            if out is None:  # the dtype the norm gives (under autocast, not always x's)
+                shape = (x.shape[0], band.shape[1], heights[-1], width)
+                out = torch.empty(shape, dtype=band.dtype, device=x.device, memory_format=torch.channels_last)
+            out[:, :, top:bottom] = band
         return out
 
     @staticmethod
