@@ -140,6 +140,21 @@ def test_map_row_bands_may_write_its_output_over_its_input(small_bands, elements
         torch.testing.assert_close(x, original, rtol=0, atol=0)
 
 
+def test_map_row_bands_does_not_overwrite_an_input_that_its_row_wise_part_returns(small_bands):
+    """A row-wise part that returns views of x (the identity) would have its context rows overwritten by the seams:
+    with overwrite_input the output is then a new tensor, the same as without."""
+    torch.manual_seed(0)
+    small_bands(3 * 13 * 8)
+    conv = _conv_layer(torch.randn(8, 1, 3, 3), 1, [])
+    x = torch.randn(2, 17 * 13, 8)
+    original = x.clone()
+    expected = conv(x, x, (17, 13), slice(0, 17))
+    out = map_row_bands(conv, x, (17, 13), 4, halo=1, rowwise=lambda tokens, hw: (tokens, tokens), overwrite_input=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert out.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(x, original, rtol=0, atol=0)
+
+
 def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hooks(small_bands, monkeypatch):
     """In inference each block may write its banded output over its input, the output of the block before or of
     the stage's downsampling (a temporary of the stage): the same outputs as without. Not stage 0's first block
@@ -171,7 +186,7 @@ def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hook
     assert all(same == (overwrite and banded) for _, overwrite, banded, same in calls)
     assert any(same for *_, same in calls)  # the test sees blocks that write over their input
     with monkeypatch.context() as patch:
-        patch.setattr(paca_vit, '_hooked', lambda *modules: True)
+        patch.setattr(paca_vit, 'forward_hooks_within', lambda *modules: True)
         expected = run()
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
@@ -193,28 +208,36 @@ def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hook
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('hooked', [False, True], ids=['bands', 'hooked'])
+@pytest.mark.parametrize('hooked', [None, 'conv', 'proj', 'norm'])
 @pytest.mark.parametrize('size', [(1, 23, 17), (2, 16, 9), (1, 2, 5)])
 @pytest.mark.parametrize('num_convs,in_channels', [(2, 3), (1, 8)], ids=['stem', 'downsample'])
-def test_conv_downsample_in_bands_equals_the_whole_map(small_bands, monkeypatch, num_convs, in_channels, size, hooked):
+@pytest.mark.parametrize('elements', [1, 3 * 5 * 16 * 4], ids=['1-row', 'few-row'])
+def test_conv_downsample_in_bands_equals_the_whole_map(
+    small_bands, monkeypatch, elements, num_convs, in_channels, size, hooked
+):
     """ConvDownsample band by band of output rows, each band's convs on the input rows it needs (the zero padding
-    at the map's top and bottom only), with bands of one row: the whole map's output, channels-last, and its
-    gradients. With a forward hook on a conv it runs whole (the hook sees one call)."""
+    at the map's top and bottom only), with bands of one or a few rows: the whole map's output, channels-last, and
+    its gradients. With a forward hook on a conv, on the convs' Sequential or on the norm it runs whole (the hook
+    sees one call)."""
     torch.manual_seed(0)
     module = ConvDownsample(in_channels, 16, num_convs)
     x = torch.randn(size[0], in_channels, *size[1:], requires_grad=True)
     small_bands(2**30, 3)
     expected = module(x)
     hook_calls = []
-    if hooked:
-        module.proj[0].register_forward_hook(lambda *args: hook_calls.append(1))
+    if hooked is not None:
+        hooked_module = {'conv': module.proj[-1], 'proj': module.proj, 'norm': module.norm}[hooked]
+        hooked_module.register_forward_hook(lambda *args: hook_calls.append(1))
     calls = []
     conv2d = F.conv2d
     monkeypatch.setattr(F, 'conv2d', lambda *args, **kwargs: calls.append(1) or conv2d(*args, **kwargs))
-    small_bands(1)
+    small_bands(elements)
     out = module(x)
-    bands = 1 if hooked else out.shape[2]
-    assert len(calls) == num_convs * bands and len(hook_calls) == int(hooked)
+    # bands sized by the widest map under them, here the input: in_channels * 4**num_convs values per output token
+    rows = row_bands.band_height(x, out.shape[-2:], in_channels * 4**num_convs)
+    bands = 1 if hooked is not None or rows is None else -(-out.shape[2] // rows)
+    assert len(calls) == num_convs * bands and len(hook_calls) == int(hooked is not None)
+    assert bands > 1 or size[1] <= 2 or hooked is not None  # the test sees bands
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     cotangent = torch.randn_like(out)
@@ -222,6 +245,12 @@ def test_conv_downsample_in_bands_equals_the_whole_map(small_bands, monkeypatch,
     expected_grads = torch.autograd.grad(expected, (x, *module.parameters()), cotangent)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_downsample_of_an_empty_batch():
+    """An empty batch gives an empty output, banded or not."""
+    module = ConvDownsample(3, 16, num_convs=2)
+    assert module(torch.randn(0, 3, 64, 48)).shape == (0, 16, 16, 12)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])

@@ -46,6 +46,7 @@ from ..layers import (
     SoftAssignment,
     band_height,
     conv_rows,
+    forward_hooks_within,
     has_forward_hooks,
     linear,
     linear_tokens_last,
@@ -292,11 +293,6 @@ def _residual(x: torch.Tensor, branch: torch.Tensor, scale: Optional[torch.Tenso
     return x + branch if scale is None else torch.addcmul(x, scale, branch)
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward hook on any of these modules or their submodules may see (and keep) its tensors."""
-    return any(has_forward_hooks(m) for module in modules for m in module.modules())
-
-
 class PaCaStage(nn.Module):
     """Downsampling, ``depth`` PaCa blocks and the stage-end LayerNorm (Fig. 3).
 
@@ -357,7 +353,7 @@ class PaCaStage(nn.Module):
                 # may keep it. Stage 0's input is the stem's, which the clustering teacher reads too.
                 source = self.blocks[j - 1] if j > 0 else self.downsample
                 overwrite = not torch.is_grad_enabled() and isinstance(source, (PaCaBlock, ConvDownsample))
-                overwrite = overwrite and not _hooked(source, block)
+                overwrite = overwrite and not forward_hooks_within(source, block)
                 x, assignment = block(x, (height, width), assignment, overwrite_input=overwrite)
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')

@@ -2,7 +2,7 @@
 
 from .attention import multi_head_attention
 from .blur_conv import BlurConv2d
-from .clustering import SoftAssignment, has_forward_hooks, pool_clusters, soft_assignment
+from .clustering import SoftAssignment, forward_hooks_within, has_forward_hooks, pool_clusters, soft_assignment
 from .conv_downsample import ConvDownsample
 from .equitable_clustering import (
     EquitableLayout,
@@ -59,6 +59,7 @@ __all__ = [
     'conv_rows',
     'equitable_cluster_attention',
     'equitable_layout',
+    'forward_hooks_within',
     'has_forward_hooks',
     'linear',
     'linear_tokens_last',

@@ -20,6 +20,12 @@ def has_forward_hooks(module: nn.Module) -> bool:
     )
 
 
+def forward_hooks_within(*modules: nn.Module) -> bool:
+    """Whether a forward hook or pre-hook on any of these modules or on a module inside them
+    (:func:`has_forward_hooks`) may see their tensors, and keep them."""
+    return any(has_forward_hooks(m) for module in modules for m in module.modules())
+
+
 def soft_assignment(logits: torch.Tensor) -> torch.Tensor:
     """Softmax of assignment logits (B, M, N) over the N tokens (last axis), in fp32 also under autocast.
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
-from .clustering import has_forward_hooks
+from .clustering import forward_hooks_within
 from .row_bands import band_height
 
 
@@ -24,7 +24,7 @@ class ConvDownsample(nn.Module):
     and are never allocated at full size: the stem's first conv output is 188 MiB at 1600x2560, which glibc's
     malloc by default gives fresh pages on every pass (``docs/benchmarks.md``). The same convolutions, with
     the zero padding at the map's top and bottom only; the first conv's rows under two bands run twice. Not
-    where a forward hook on a conv or the norm expects one call on the whole map.
+    where a forward hook on a conv, on ``proj`` or on the norm expects one call on the whole map.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_convs: int = 1, eps: float = 1e-6) -> None:
@@ -49,8 +49,9 @@ class ConvDownsample(nn.Module):
         # the values per output token of the widest map: the input or a conv's output under it (2 x 2 per stride-2 conv)
         hidden = max(conv.in_channels * 4 ** (len(self.proj) - i) for i, conv in enumerate(self.proj))
         rows = band_height(x, (heights[-1], width), hidden)
-        # in bands the convs are called as functions: not where a forward hook on one, or on the norm, expects a call
-        if rows is None or any(has_forward_hooks(m) for m in (*self.proj, self.norm)):
+        # in bands the convs are called as functions: not where a forward hook on one of them, on proj or on the norm
+        # expects a call
+        if rows is None or forward_hooks_within(self.proj, self.norm):
             return self.norm(self.proj(x.contiguous(memory_format=torch.channels_last)))
         out = None
         for top in range(0, heights[-1], rows):
@@ -79,8 +80,10 @@ class ConvDownsample(nn.Module):
             out_top, out_bottom = spans.pop()
             needed_first, needed_last = self._input_rows(conv, out_top, out_bottom)
             pad_top, pad_bottom = max(-needed_first, 0), max(needed_last - height_in, 0)
-            if pad_top == conv.padding[0] and pad_bottom <= pad_top:
-                padding = conv.padding  # the conv's own: the zero rows it adds below are past the rows asked for
+            if pad_top == conv.padding[0]:
+                # the conv's own zero padding (pad_bottom <= padding always): below, it is either past the rows asked
+                # for or the padding they need
+                padding = conv.padding
             else:
                 padding = (0, conv.padding[1])
                 if pad_top or pad_bottom:  # the zero padding at the map's bottom

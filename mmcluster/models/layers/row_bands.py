@@ -61,12 +61,14 @@ LocalFn = Callable[[torch.Tensor, torch.Tensor, Grid, slice], torch.Tensor]
 def band_height(x: torch.Tensor, hw: Grid, hidden_dim: int, halo: int = 0) -> Optional[int]:
     """Rows per band for tokens x (B, H*W, C) whose widest intermediate has ``hidden_dim`` channels, at least
     ``2 * halo`` (a band's seams with its neighbours, :func:`_bands_and_seams`), or None when the map runs whole:
-    off the CPU, when one band would hold the whole map, or when :data:`WHOLE_MAP_BANDS` bands would and the whole
-    intermediate has at most :data:`WHOLE_MAP_ELEMENTS` values."""
+    off the CPU, when it is empty, when one band would hold the whole map, or when :data:`WHOLE_MAP_BANDS` bands
+    would and the whole intermediate has at most :data:`WHOLE_MAP_ELEMENTS` values."""
+    if x.device.type != 'cpu' or x.shape[0] * hw[1] * hidden_dim == 0:
+        return None
     rows = max(1, 2 * halo, BAND_ELEMENTS // (x.shape[0] * hw[1] * hidden_dim))
     small = x.shape[0] * hw[0] * hw[1] * hidden_dim <= WHOLE_MAP_ELEMENTS
     whole = rows >= hw[0] or (rows * WHOLE_MAP_BANDS >= hw[0] and small)
-    return None if x.device.type != 'cpu' or whole else rows
+    return None if whole else rows
 
 
 def token_chunk(x: torch.Tensor, channels: int) -> Optional[int]:
@@ -110,7 +112,8 @@ def map_row_bands(
         overwrite_input: with ``rowwise``, the bands' outputs may be written over x, when x is contiguous and the
             output has its shape and dtype (then x is returned), instead of into a new tensor: for callers to whom
             x is a temporary. Each band's rows of x are read (by ``rowwise``) before any output row is written
-            there. Whole maps return a new tensor.
+            there, so ``rowwise``'s outputs must not share x's memory: where the first band's do, the output is a
+            new tensor. Whole maps, and torch.compile's tracing, return a new tensor.
     """
     height, width = hw
     rows = band_height(x, hw, hidden_dim, halo)
@@ -120,7 +123,8 @@ def map_row_bands(
         return out.contiguous() if tokens_last else out
     grid = x.unflatten(1, (height, width))
     bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
-    reuse = x if overwrite_input and rowwise is not None and not tokens_last and x.is_contiguous() else None
+    reuse = rowwise is not None and not tokens_last and x.is_contiguous() and not torch.compiler.is_compiling()
+    reuse = x if overwrite_input and reuse else None
     outs = _BandOutputs(height * width, tokens_last, reuse)
     if rowwise is None:
         for top, bottom in bands:
@@ -153,6 +157,8 @@ def _bands_and_seams(
     for i, (top, bottom) in enumerate(bands):
         height = bottom - top
         kept, context = rowwise(grid[:, top:bottom].flatten(1, 2), (height, width))
+        if i == 0 and outs.reuse is not None and _shares_storage(grid, kept, context):
+            outs.reuse = None  # views of x would read rows already overwritten
         if above is not None and halo:
             kept_above, context_above, height_above = above
             # the band above is not the last: it has at least 2 * halo rows (band_height)
@@ -165,6 +171,10 @@ def _bands_and_seams(
             outs.append(local(rows_of(kept, first, last), context, (height, width), slice(first, last)))
         above = kept, context, height
     return outs.result()
+
+
+def _shares_storage(x: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    return any(t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for t in tensors)
 
 
 def conv_rows(
