@@ -70,15 +70,14 @@ class ConvDownsample(nn.Module):
 
     def _rows(self, x: torch.Tensor, heights: list[int], top: int, bottom: int) -> torch.Tensor:
         """Rows ``top .. bottom - 1`` of ``self.proj(x)``, from the input rows they need only."""
-        spans = [(top, bottom)]  # the output rows of each conv, last conv first
+        spans = []  # each conv's output rows and the input rows they need (padding included), last conv first
+        first, last = top, bottom
         for conv, height_in in zip(reversed(self.proj), reversed(heights[:-1])):
-            first, last = self._input_rows(conv, *spans[-1])
-            spans.append((max(first, 0), min(last, height_in)))
-        first, last = spans.pop()
+            spans.append((last - first, *self._input_rows(conv, first, last)))
+            first, last = max(spans[-1][1], 0), min(spans[-1][2], height_in)
         band = x[:, :, first:last].contiguous(memory_format=torch.channels_last)
         for conv, height_in in zip(self.proj, heights[:-1]):
-            out_top, out_bottom = spans.pop()
-            needed_first, needed_last = self._input_rows(conv, out_top, out_bottom)
+            out_rows, needed_first, needed_last = spans.pop()
             pad_top, pad_bottom = max(-needed_first, 0), max(needed_last - height_in, 0)
             if pad_top == conv.padding[0]:
                 # the conv's own zero padding (pad_bottom <= padding always): below, it is either past the rows asked
@@ -88,7 +87,7 @@ class ConvDownsample(nn.Module):
                 padding = (0, conv.padding[1])
                 if pad_top or pad_bottom:  # the zero padding at the map's bottom
                     band = F.pad(band, (0, 0, pad_top, pad_bottom))
-            band = F.conv2d(band, conv.weight, conv.bias, conv.stride, padding)[:, :, : out_bottom - out_top]
+            band = F.conv2d(band, conv.weight, conv.bias, conv.stride, padding)[:, :, :out_rows]
         return band
 
     @staticmethod

@@ -123,9 +123,8 @@ def map_row_bands(
         return out.contiguous() if tokens_last else out
     grid = x.unflatten(1, (height, width))
     bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
-    reuse = rowwise is not None and not tokens_last and x.is_contiguous() and not torch.compiler.is_compiling()
-    reuse = x if overwrite_input and reuse else None
-    outs = _BandOutputs(height * width, tokens_last, reuse)
+    reusable = overwrite_input and rowwise is not None and not tokens_last and x.is_contiguous()
+    outs = _BandOutputs(height * width, tokens_last, x if reusable and not torch.compiler.is_compiling() else None)
     if rowwise is None:
         for top, bottom in bands:
             first, last = max(top - halo, 0), min(bottom + halo, height)
