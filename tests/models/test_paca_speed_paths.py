@@ -155,26 +155,31 @@ def test_map_row_bands_does_not_overwrite_an_input_that_its_row_wise_part_return
     torch.testing.assert_close(x, original, rtol=0, atol=0)
 
 
-def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hooks(small_bands, monkeypatch):
-    """In inference each block may write its banded output over its input, the output of the block before or of
-    the stage's downsampling (a temporary of the stage): the same outputs as without. Not stage 0's first block
-    (its input is the stem's), not with gradients, and not where a forward hook on either module or a module in
-    it may keep the tensor."""
-    torch.manual_seed(0)
-    small_bands(2 * 60 * 384)
-    model = PaCaViT(arch='tiny', drop_path_rate=0.0).eval()
-    images = torch.randn(1, 3, 97, 233)
+def _spy_blocks(monkeypatch) -> list:
+    """Patch PaCaBlock.forward to record (block, overwrite_input, output_norm, banded, output written over input)."""
     calls = []
     block_forward = PaCaBlock.forward
 
-    def spy(block, x, hw, assignment=None, overwrite_input=False):
+    def spy(block, x, hw, assignment=None, overwrite_input=False, output_norm=None):
         banded = row_bands.band_height(x, hw, block.mlp.fc1.out_features, halo=1) is not None
-        out, assignment = block_forward(block, x, hw, assignment, overwrite_input)
-        calls.append((block, overwrite_input, banded, out.data_ptr() == x.data_ptr()))
+        out, assignment = block_forward(block, x, hw, assignment, overwrite_input, output_norm)
+        calls.append((block, overwrite_input, output_norm, banded, out.data_ptr() == x.data_ptr()))
         return out, assignment
 
     monkeypatch.setattr(PaCaBlock, 'forward', spy)
-    firsts = {model.stages[0].blocks[0]}
+    return calls
+
+
+def test_stage_blocks_write_over_their_input_only_in_inference_without_hooks(small_bands, monkeypatch):
+    """In inference each block that runs in bands writes its output over its input, a temporary: the output of the
+    block before, of the stage's downsampling or (in stage 0, with no teacher) of the stem. The same outputs as
+    without. Not with gradients, and not where a forward hook on either module or a module in it may keep the
+    tensor."""
+    torch.manual_seed(0)
+    small_bands(4 * 8 * 1536)  # stages 0-2 in bands, stage 3 (4 x 8 tokens, 1536 hidden) whole
+    model = PaCaViT(arch='tiny', drop_path_rate=0.0).eval()
+    images = torch.randn(1, 3, 97, 233)
+    calls = _spy_blocks(monkeypatch)
 
     def run(grad=False):
         calls.clear()
@@ -182,29 +187,104 @@ def test_stage_blocks_write_over_the_block_before_only_in_inference_without_hook
             return model(images)
 
     outs = run()
-    assert [overwrite for block, overwrite, *_ in calls] == [block not in firsts for block, *_ in calls]
-    assert all(same == (overwrite and banded) for _, overwrite, banded, same in calls)
-    assert any(same for *_, same in calls)  # the test sees blocks that write over their input
+    assert [overwrite for _, overwrite, _, banded, _ in calls] == [banded for *_, banded, _ in calls]
+    assert all(same == overwrite for _, overwrite, _, _, same in calls)
+    assert calls[0][0] is model.stages[0].blocks[0] and calls[0][4]  # stage 0's first block writes over the stem's
+    assert not all(banded for *_, banded, _ in calls)  # the test sees blocks on whole maps too
     with monkeypatch.context() as patch:
         patch.setattr(paca_vit, 'forward_hooks_within', lambda *modules: True)
         expected = run()
+    assert not any(overwrite or norm is not None for _, overwrite, norm, *_ in calls)
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
     run(grad=True)
     assert not any(overwrite for _, overwrite, *_ in calls)
-    # a hook on stage 1's first block keeps its output, one on a module in stage 2's first block or on stage 3's
-    # downsampling may keep a tensor: the blocks after them write new outputs, and the kept output stays as it was
+    # a hook on the stem or on stage 1's first block keeps its output, one on a module in stage 2's first block or on
+    # stage 3's downsampling may keep a tensor: the blocks after them write new outputs, and the kept outputs stay
     kept = []
-    model.stages[1].blocks[0].register_forward_hook(lambda m, args, out: kept.append((out[0], out[0].clone())))
+    keep = lambda module, args, out: kept.append((out, out.clone()))  # noqa: E731
+    model.patch_embed.register_forward_hook(keep)
+    model.stages[1].blocks[0].register_forward_hook(lambda m, args, out: keep(m, args, out[0]))
     model.stages[2].blocks[0].norm2.register_forward_hook(lambda *args: None)
     model.stages[3].downsample.register_forward_hook(lambda *args: None)
     hooked_outs = run()
-    hooked = {model.stages[i].blocks[j] for i in (1, 2) for j in (0, 1)} | {model.stages[3].blocks[0]}
-    assert [overwrite for block, overwrite, *_ in calls] == [
-        block not in firsts and block not in hooked for block, *_ in calls
+    hooked = {model.stages[0].blocks[0], model.stages[3].blocks[0]}
+    hooked |= {model.stages[i].blocks[j] for i in (1, 2) for j in (0, 1)}
+    assert [overwrite for block, overwrite, _, banded, _ in calls] == [
+        banded and block not in hooked for block, _, _, banded, _ in calls
     ]
-    torch.testing.assert_close(kept[0][0], kept[0][1], rtol=0, atol=0)
+    assert len(kept) == 2
+    for out, copy in kept:
+        torch.testing.assert_close(out, copy, rtol=0, atol=0)
     for out, ref in zip(hooked_outs, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_stage_zero_keeps_the_stem_output_that_the_teacher_reads(small_bands, monkeypatch):
+    """With the external clustering teacher the stem's output is read by the teacher too: stage 0's first block does
+    not write over it; the later blocks do. The same outputs as without."""
+    torch.manual_seed(0)
+    small_bands(4 * 8 * 1536)  # stages 0-2 in bands, stage 3 (4 x 8 tokens, 1536 hidden) whole
+    model = PaCaViT(arch='tiny_teacher', drop_path_rate=0.0).eval()
+    images = torch.randn(1, 3, 97, 233)
+    calls = _spy_blocks(monkeypatch)
+    with torch.no_grad():
+        outs = model(images)
+    first = model.stages[0].blocks[0]
+    assert [overwrite for block, overwrite, _, banded, _ in calls] == [
+        banded and block is not first for block, _, _, banded, _ in calls
+    ]
+    assert any(overwrite for _, overwrite, *_ in calls)
+    assert all(norm is None for _, _, norm, *_ in calls)  # the teacher's feature is added before the stage norm
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(paca_vit, 'forward_hooks_within', lambda *modules: True)
+        expected = model(images)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_last_block_applies_the_stage_norm_in_bands(small_bands, monkeypatch, grad):
+    """Where a stage's blocks run in bands, its last block applies the stage's LayerNorm to its bands (the norm's
+    input is read by nothing else): the same outputs, and with gradients the same gradients, as the norm on the whole
+    map. Not where a forward hook on the norm or the block expects them: a hook on the norm then sees one call on the
+    whole map."""
+    torch.manual_seed(0)
+    small_bands(4 * 8 * 1536)  # stages 0-2 in bands, stage 3 (4 x 8 tokens, 1536 hidden) whole
+    model = PaCaViT(arch='tiny', drop_path_rate=0.0).train(grad)
+    images = torch.randn(1, 3, 97, 233)
+    calls = _spy_blocks(monkeypatch)
+
+    def run(fused=True):
+        calls.clear()
+        model.zero_grad()
+        with torch.set_grad_enabled(grad), monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(paca_vit, 'forward_hooks_within', lambda *modules: True)
+            outs = model(images)
+            if grad:
+                sum((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() for out in outs).backward()
+        return [out.detach() for out in outs], {n: p.grad.clone() for n, p in model.named_parameters() if grad}
+
+    outs, grads = run()
+    lasts = {stage.blocks[-1]: stage.norm for stage in model.stages}
+    assert [norm for block, _, norm, _, _ in calls] == [
+        lasts[block] if banded and block in lasts else None for block, _, _, banded, _ in calls
+    ]
+    assert any(norm is not None for _, _, norm, *_ in calls) and not all(banded for *_, banded, _ in calls)
+    expected, expected_grads = run(fused=False)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert grads.keys() == expected_grads.keys()
+    for name, ref in expected_grads.items():  # the norm's weight and bias: sums over the tokens, band by band
+        torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-4, msg=lambda msg, name=name: f'{name}: {msg}')
+    # a hook on stage 0's norm: the norm runs on the whole map, once
+    seen = []
+    model.stages[0].norm.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    hooked, _ = run()
+    assert seen == [(1, 25 * 59, model.embed_dims[0])]
+    assert all(norm is not model.stages[0].norm for _, _, norm, *_ in calls)
+    for out, ref in zip(hooked, expected):
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 

@@ -256,9 +256,12 @@ class PaCaBlock(nn.Module):
         hw: tuple[int, int],
         assignment: Optional[torch.Tensor] = None,
         overwrite_input: bool = False,
+        output_norm: Optional[nn.Module] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: tokens (B, H*W, C). With ``overwrite_input`` (for a caller to whom x is a temporary) the output may be
-        written over x on CPUs (:func:`~mmcluster.models.layers.map_row_bands`)."""
+        written over x on CPUs (:func:`~mmcluster.models.layers.map_row_bands`). ``output_norm``, if given, is
+        applied to the output, band by band where the block runs in bands: the stage's closing LayerNorm, whose
+        input nothing else reads."""
         # Only the keys and values need the whole map. The rest of the block is local: row-wise up to the
         # FFN's first linear layer, whose output the FFN's 3x3 conv sees one row up and down. So on CPUs it
         # runs band by band, the row-wise part once per row, each band's intermediates in the cache and only
@@ -282,7 +285,8 @@ class PaCaBlock(nn.Module):
             return tokens, self.mlp.fc1(self.norm2(tokens))
 
         def local(tokens: torch.Tensor, hidden: torch.Tensor, band: tuple[int, int], rows: slice) -> torch.Tensor:
-            return _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)
+            out = _residual(tokens, self.mlp.mix(hidden, band, rows), mlp_scale)
+            return out if output_norm is None else output_norm(out)
 
         out = map_row_bands(local, x, hw, hidden_dim, halo=1, rowwise=rowwise, overwrite_input=overwrite_input)
         return out, assignment
@@ -337,28 +341,44 @@ class PaCaStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, assignment: Optional[torch.Tensor] = None, teacher_feature: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        assignment: Optional[torch.Tensor] = None,
+        teacher_feature: Optional[torch.Tensor] = None,
+        temporary_input: bool = False,
     ) -> torch.Tensor:
-        """x: (B, C_in, H_in, W_in) map; returns the normalised stage output (B, C, H, W)."""
+        """x: (B, C_in, H_in, W_in) map; returns the normalised stage output (B, C, H, W). With ``temporary_input``
+        (for a caller to whom x is a temporary: the stem's output where no teacher reads it) the first block may
+        write over x in inference; the downsampling's output is a temporary of this stage anyway."""
         x = self.downsample(x)  # a channels-last map (ConvDownsample), so the tokens are a view of it
         height, width = x.shape[-2:]
         x = rearrange(x, 'b c h w -> b (h w) c')
+        # Where the blocks run in bands (CPUs, large maps; the blocks of a stage have the same widths), inference keeps
+        # fewer full-size maps, unless a forward hook on a module concerned may keep one (at 1600x2560 a stage-0 map is
+        # 94 MiB, which glibc's malloc would otherwise give fresh pages on each pass):
+        # - a block's output is written over its input, the output of the block before or of the downsampling (or the
+        #   stem's, with temporary_input), a temporary of this loop;
+        # - the last block normalises its bands itself (the stage norm reads the block's output only).
+        banded = band_height(x, (height, width), self.blocks[0].mlp.fc1.out_features, halo=1) is not None
+        temporary = temporary_input or isinstance(self.downsample, ConvDownsample)
+        normed = False
         for j, block in enumerate(self.blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x, assignment = checkpoint(block, x, (height, width), assignment, use_reentrant=False)
-            else:
-                # In inference a block's input from the block before, or from the downsampling, is a temporary of
-                # this loop: the block's output may be written over it (at 1600x2560 a stage-0 map is 94 MiB, which
-                # glibc's malloc would otherwise give fresh pages on each pass), unless a forward hook on either
-                # may keep it. Stage 0's input is the stem's, which the clustering teacher reads too.
-                source = self.blocks[j - 1] if j > 0 else self.downsample
-                overwrite = not torch.is_grad_enabled() and isinstance(source, (PaCaBlock, ConvDownsample))
-                overwrite = overwrite and not forward_hooks_within(source, block)
-                x, assignment = block(x, (height, width), assignment, overwrite_input=overwrite)
+                continue
+            source = self.blocks[j - 1] if j > 0 else self.downsample
+            hooked = banded and forward_hooks_within(block)  # checked only where it matters: in bands
+            overwrite = banded and not torch.is_grad_enabled() and (j > 0 or temporary) and not hooked
+            overwrite = overwrite and not forward_hooks_within(source)
+            normed = banded and j == len(self.blocks) - 1 and teacher_feature is None and not hooked
+            normed = normed and not forward_hooks_within(self.norm)
+            x, assignment = block(
+                x, (height, width), assignment, overwrite_input=overwrite, output_norm=self.norm if normed else None
+            )
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')
         # A channels-last view; the mm backbone returns its maps as contiguous NCHW (BackboneContract.forward)
-        return rearrange(self.norm(x), 'b (h w) c -> b c h w', h=height, w=width)
+        return rearrange(x if normed else self.norm(x), 'b (h w) c -> b c h w', h=height, w=width)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -605,9 +625,14 @@ class PaCaViTClassifier(HierarchicalViT):
     init_module = staticmethod(init_paca_weights)
 
     def stage_inputs(self, stem: torch.Tensor) -> list[dict]:
-        """With the external teacher: each stage's assignment and the teacher feature added to its output."""
+        """With the external teacher: each stage's assignment and the teacher feature added to its output; without
+        it, whether stage 0 may write over the stem's output."""
         if self.teacher is None:
-            return super().stage_inputs(stem)
+            # the stem's output is then a temporary of forward_stages, read by stage 0 only, unless a forward hook on
+            # the stem may keep it
+            inputs = super().stage_inputs(stem)
+            inputs[0]['temporary_input'] = not forward_hooks_within(self.patch_embed)
+            return inputs
         features, assignments = self.teacher(stem)
         return [dict(assignment=a, teacher_feature=f) for a, f in zip(assignments, features)]
 
