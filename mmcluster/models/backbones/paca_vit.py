@@ -349,7 +349,8 @@ class PaCaStage(nn.Module):
     ) -> torch.Tensor:
         """x: (B, C_in, H_in, W_in) map; returns the normalised stage output (B, C, H, W). With ``temporary_input``
         (for a caller to whom x is a temporary: the stem's output where no teacher reads it) the first block may
-        write over x in inference; the downsampling's output is a temporary of this stage anyway."""
+        write over x in inference, unless a forward hook on this stage may keep it; the downsampling's output is a
+        temporary of this stage anyway."""
         x = self.downsample(x)  # a channels-last map (ConvDownsample), so the tokens are a view of it
         height, width = x.shape[-2:]
         x = rearrange(x, 'b c h w -> b (h w) c')
@@ -358,9 +359,10 @@ class PaCaStage(nn.Module):
         # 94 MiB, which glibc's malloc would otherwise give fresh pages on each pass):
         # - a block's output is written over its input, the output of the block before or of the downsampling (or the
         #   stem's, with temporary_input), a temporary of this loop;
-        # - the last block normalises its bands itself (the stage norm reads the block's output only).
+        # - the last block applies the stage norm to its bands itself (the norm reads the block's output only).
         banded = band_height(x, (height, width), self.blocks[0].mlp.fc1.out_features, halo=1) is not None
-        temporary = temporary_input or isinstance(self.downsample, ConvDownsample)
+        # the caller's x is this stage's input too, which a forward hook on the stage sees
+        temporary = (temporary_input and not has_forward_hooks(self)) or isinstance(self.downsample, ConvDownsample)
         normed = False
         for j, block in enumerate(self.blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -370,8 +372,9 @@ class PaCaStage(nn.Module):
             hooked = banded and forward_hooks_within(block)  # checked only where it matters: in bands
             overwrite = banded and not torch.is_grad_enabled() and (j > 0 or temporary) and not hooked
             overwrite = overwrite and not forward_hooks_within(source)
-            normed = banded and j == len(self.blocks) - 1 and teacher_feature is None and not hooked
-            normed = normed and not forward_hooks_within(self.norm)
+            # in inference only: with gradients the norm's weight and bias gradients would be summed band by band
+            normed = banded and not torch.is_grad_enabled() and j == len(self.blocks) - 1 and not hooked
+            normed = normed and teacher_feature is None and not forward_hooks_within(self.norm)
             x, assignment = block(
                 x, (height, width), assignment, overwrite_input=overwrite, output_norm=self.norm if normed else None
             )
