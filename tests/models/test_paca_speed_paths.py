@@ -161,7 +161,7 @@ def _spy_blocks(monkeypatch) -> list:
     block_forward = PaCaBlock.forward
 
     def spy(block, x, hw, assignment=None, overwrite_input=False, output_norm=None):
-        banded = row_bands.band_height(x, hw, block.mlp.fc1.out_features, halo=1) is not None
+        banded = block.runs_in_bands(x, hw)
         out, assignment = block_forward(block, x, hw, assignment, overwrite_input, output_norm)
         calls.append((block, overwrite_input, output_norm, banded, out.data_ptr() == x.data_ptr()))
         return out, assignment

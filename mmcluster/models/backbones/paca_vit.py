@@ -269,7 +269,7 @@ class PaCaBlock(nn.Module):
         # of queries then normalise their own rows, and LN(x) is never stored whole.
         hidden_dim = self.mlp.fc1.out_features
         normed: Optional[torch.Tensor] = None
-        if band_height(x, hw, hidden_dim, halo=1) is None:
+        if not self.runs_in_bands(x, hw):
             normed = self.norm1(x)
             keys, values, assignment = self.attn.keys_values(normed, hw, assignment)
         else:
@@ -290,6 +290,11 @@ class PaCaBlock(nn.Module):
 
         out = map_row_bands(local, x, hw, hidden_dim, halo=1, rowwise=rowwise, overwrite_input=overwrite_input)
         return out, assignment
+
+    def runs_in_bands(self, x: torch.Tensor, hw: tuple[int, int]) -> bool:
+        """Whether :meth:`forward` runs band by band on tokens x (B, H*W, C) of an H x W map (its widest intermediate
+        is the FFN's hidden tokens, and the FFN's 3x3 conv needs one row of halo)."""
+        return band_height(x, hw, self.mlp.fc1.out_features, halo=1) is not None
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
@@ -360,24 +365,26 @@ class PaCaStage(nn.Module):
         # - a block's output is written over its input, the output of the block before or of the downsampling (or the
         #   stem's, with temporary_input), a temporary of this loop;
         # - the last block applies the stage norm to its bands itself (the norm reads the block's output only).
-        banded = band_height(x, (height, width), self.blocks[0].mlp.fc1.out_features, halo=1) is not None
+        # Only in inference (with gradients the norm's weight and bias gradients would be summed band by band). The
+        # hooks are checked only there, each module once: a block's also decide whether the next one writes over its
+        # output.
+        in_bands = not torch.is_grad_enabled() and self.blocks[0].runs_in_bands(x, (height, width))
         # the caller's x is this stage's input too, which a forward hook on the stage sees
         temporary = (temporary_input and not has_forward_hooks(self)) or isinstance(self.downsample, ConvDownsample)
+        source_hooked = in_bands and forward_hooks_within(self.downsample)
         normed = False
         for j, block in enumerate(self.blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x, assignment = checkpoint(block, x, (height, width), assignment, use_reentrant=False)
                 continue
-            source = self.blocks[j - 1] if j > 0 else self.downsample
-            hooked = banded and forward_hooks_within(block)  # checked only where it matters: in bands
-            overwrite = banded and not torch.is_grad_enabled() and (j > 0 or temporary) and not hooked
-            overwrite = overwrite and not forward_hooks_within(source)
-            # in inference only: with gradients the norm's weight and bias gradients would be summed band by band
-            normed = banded and not torch.is_grad_enabled() and j == len(self.blocks) - 1 and not hooked
-            normed = normed and teacher_feature is None and not forward_hooks_within(self.norm)
+            hooked = in_bands and forward_hooks_within(block)
+            overwrite = in_bands and (j > 0 or temporary) and not hooked and not source_hooked
+            normed = in_bands and j == len(self.blocks) - 1 and not hooked and teacher_feature is None
+            normed = normed and not forward_hooks_within(self.norm)
             x, assignment = block(
                 x, (height, width), assignment, overwrite_input=overwrite, output_norm=self.norm if normed else None
             )
+            source_hooked = hooked
         if teacher_feature is not None:
             x = x + rearrange(teacher_feature, 'b c h w -> b (h w) c')
         # A channels-last view; the mm backbone returns its maps as contiguous NCHW (BackboneContract.forward)
